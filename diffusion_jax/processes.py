@@ -1,0 +1,395 @@
+"""Forward processes: affine Gaussian paths ``x_t = alpha(t) * x0 + sigma(t) * noise``.
+
+Time convention (whole library): ``t = 0`` is data, ``t = t_max`` is noise. Flow-matching papers
+(Lipman et al. 2023, Liu et al. 2023, torchcfm, Meta ``flow_matching``) put data at ``t = 1``: their
+time is ``1 - t`` here, and their velocity is minus ours.
+
+Dividing the path by ``alpha`` gives the *VE frame* ``x / alpha = x0 + s * noise`` with the noise
+level ``s = sigma / alpha`` (Karras et al. 2022, "EDM", Sec. 2 and Table 1). Denoisers and samplers
+work in that frame; ``ve_sigma`` / ``t_of_ve_sigma`` map between a process's time and it.
+
+Everything stochastic is derived once, in :class:`Process`, from ``alpha`` and ``sigma``
+(Song et al. 2021, "Score-based generative modeling through SDEs", eqs. 5-6 and 13; Kingma et al.
+2021, "Variational diffusion models", App. A):
+
+* SDE ``dx = f(t) x dt + g(t) dW`` with ``f = alpha'/alpha`` and
+  ``g^2 = d(sigma^2)/dt - 2 f sigma^2 = 2 sigma^2 d/dt log(sigma/alpha)``;
+* reverse SDE drift ``f x - g^2 score``; probability-flow velocity ``f x - g^2 score / 2``;
+* prior ``N(0, sigma(t_max)^2 I)`` (for VP-like processes the mean ``alpha(t_max) x0`` is ignored,
+  as in score_sde).
+
+Processes are frozen dataclasses registered as pytrees: their float parameters are leaves, so they
+pass through ``jit``, ``vmap`` and ``grad``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "Process",
+    "VP",
+    "SubVP",
+    "VE",
+    "EDM",
+    "Cosine",
+    "RectifiedFlow",
+    "TrigFlow",
+    "check_sigma",
+]
+
+
+def _pytree(cls):
+    """Freeze ``cls`` and register every field as a pytree leaf."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    return jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
+
+
+def _broadcast_like(coefficient, x):
+    """Reshape a per-example coefficient of shape ``x.shape[:k]`` so it broadcasts against ``x``."""
+    coefficient = jnp.asarray(coefficient)
+    return coefficient.reshape(coefficient.shape + (1,) * (jnp.ndim(x) - coefficient.ndim))
+
+
+def check_sigma(sigma, name="sigma"):
+    """Raise ``ValueError`` for a concrete noise level that is negative or not finite.
+
+    Traced values (inside ``jit``) cannot be inspected and pass through unchanged.
+    """
+    if isinstance(sigma, jax.core.Tracer):
+        return sigma
+    try:
+        values = np.asarray(sigma)
+    except TypeError as error:
+        raise TypeError(f"{name} must be a number or an array, got {type(sigma).__name__}") from error
+    if not np.issubdtype(values.dtype, np.number):
+        raise TypeError(f"{name} must be numeric, got dtype {values.dtype}")
+    if not bool(np.all(np.isfinite(values))):
+        raise ValueError(f"{name} must be finite, got {values}")
+    if bool(np.any(values < 0)):
+        raise ValueError(f"{name} must be non-negative, got {values}")
+    return sigma
+
+
+class Process(abc.ABC):
+    """Base class of the affine forward processes; subclasses give ``alpha``, ``sigma``, derivatives.
+
+    Source of the derived quantities: Song et al. 2021 (SDE, eqs. 5, 6, 13) and Kingma et al. 2021
+    (VDM, App. A) for ``f`` and ``g^2`` of a general affine path.
+    """
+
+    t_max: float  # noise end of the time interval (data is at t = 0)
+
+    # -- provided by every subclass -------------------------------------------------------
+    @abc.abstractmethod
+    def alpha(self, t):
+        """Signal scale ``alpha(t)``."""
+
+    @abc.abstractmethod
+    def sigma(self, t):
+        """Noise scale ``sigma(t)``."""
+
+    @abc.abstractmethod
+    def d_alpha(self, t):
+        """Analytic ``d alpha / dt``."""
+
+    @abc.abstractmethod
+    def d_sigma(self, t):
+        """Analytic ``d sigma / dt``."""
+
+    @abc.abstractmethod
+    def t_of_ve_sigma(self, ve_sigma):
+        """Inverse of :meth:`ve_sigma`: the process time of a VE-frame noise level."""
+
+    # -- derived once for every process -------------------------------------------------------
+    def log_snr(self, t):
+        """``log(alpha^2 / sigma^2)`` (Kingma et al. 2021, VDM eq. 2: lambda = -gamma)."""
+        return 2.0 * (jnp.log(self.alpha(t)) - jnp.log(self.sigma(t)))
+
+    def ve_sigma(self, t):
+        """Noise level in the VE frame, ``sigma(t) / alpha(t)`` (Karras et al. 2022, Table 1)."""
+        return self.sigma(t) / self.alpha(t)
+
+    def drift_coefficient(self, t):
+        """``f(t) = alpha'(t) / alpha(t)`` of the forward SDE ``dx = f x dt + g dW``."""
+        return self.d_alpha(t) / self.alpha(t)
+
+    def diffusion_squared(self, t):
+        """``g(t)^2 = 2 sigma sigma' - 2 f sigma^2`` (VDM App. A; Song et al. 2021 eqs. 25-31)."""
+        sigma = self.sigma(t)
+        return 2.0 * sigma * self.d_sigma(t) - 2.0 * self.drift_coefficient(t) * sigma**2
+
+    def sde(self, x, t):
+        """Forward SDE coefficients ``(f(t) x, g(t))`` at state ``x`` (Song et al. 2021, eq. 5)."""
+        drift = _broadcast_like(self.drift_coefficient(t), x) * x
+        return drift, jnp.sqrt(self.diffusion_squared(t))
+
+    def reverse_sde_drift(self, x, t, score):
+        """Drift of the reverse-time SDE, ``f x - g^2 score`` (Song et al. 2021, eq. 6).
+
+        It is the drift in forward time ``t``; the reverse process runs it with ``dt < 0``.
+        """
+        f = _broadcast_like(self.drift_coefficient(t), x)
+        g2 = _broadcast_like(self.diffusion_squared(t), x)
+        return f * x - g2 * score
+
+    def probability_flow_velocity(self, x, t, score):
+        """``dx/dt = f x - g^2 score / 2`` of the probability-flow ODE (Song et al. 2021, eq. 13).
+
+        Equal to ``alpha' x0_hat + sigma' eps_hat`` (the flow-matching marginal velocity).
+        """
+        f = _broadcast_like(self.drift_coefficient(t), x)
+        g2 = _broadcast_like(self.diffusion_squared(t), x)
+        return f * x - 0.5 * g2 * score
+
+    def marginal_params(self, t):
+        """``(alpha(t), sigma(t))`` of ``q(x_t | x0) = N(alpha x0, sigma^2 I)``."""
+        return self.alpha(t), self.sigma(t)
+
+    def perturb(self, x0, noise, t):
+        """``x_t = alpha(t) x0 + sigma(t) noise`` with ``t`` scalar or one value per example."""
+        alpha = _broadcast_like(self.alpha(t), x0)
+        sigma = _broadcast_like(self.sigma(t), x0)
+        return alpha * x0 + sigma * noise
+
+    def prior_sigma(self):
+        """Standard deviation of the prior ``N(0, sigma(t_max)^2 I)``."""
+        return self.sigma(self.t_max)
+
+    def prior_sample(self, key, shape, dtype=jnp.float32):
+        """Draw from the prior ``N(0, sigma(t_max)^2 I)``."""
+        return self.prior_sigma() * jax.random.normal(key, shape, dtype)
+
+    def prior_log_prob(self, x):
+        """Log-density of the prior per example (all axes but the first are summed)."""
+        sigma = self.prior_sigma()
+        x = jnp.asarray(x)
+        dims = math.prod(x.shape[1:])
+        sq = jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1)
+        return -0.5 * sq / sigma**2 - dims * (jnp.log(sigma) + 0.5 * math.log(2 * math.pi))
+
+
+def _vp_log_alpha(t, beta_min, beta_max):
+    return -0.25 * t**2 * (beta_max - beta_min) - 0.5 * t * beta_min
+
+
+def _vp_t_of_log_alpha(log_alpha, beta_min, beta_max):
+    """Root in ``t >= 0`` of ``(bmax - bmin) t^2 / 4 + bmin t / 2 + log_alpha = 0``."""
+    delta = beta_max - beta_min
+    return (jnp.sqrt(beta_min**2 - 4.0 * delta * log_alpha) - beta_min) / delta
+
+
+@_pytree
+class VP(Process):
+    """Variance-preserving SDE with linear beta (Ho et al. 2020; Song et al. 2021, eq. 11).
+
+    ``alpha = exp(-t^2 (bmax - bmin)/4 - t bmin/2)``, ``sigma = sqrt(1 - alpha^2)``, t in [0, 1].
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_max: float = 1.0
+
+    def beta(self, t):
+        """Instantaneous noise rate ``beta(t) = bmin + t (bmax - bmin)``."""
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def alpha(self, t):
+        return jnp.exp(_vp_log_alpha(t, self.beta_min, self.beta_max))
+
+    def sigma(self, t):
+        return jnp.sqrt(-jnp.expm1(2.0 * _vp_log_alpha(t, self.beta_min, self.beta_max)))
+
+    def d_alpha(self, t):
+        return -0.5 * self.beta(t) * self.alpha(t)
+
+    def d_sigma(self, t):
+        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
+
+    def ve_sigma(self, t):
+        return jnp.sqrt(jnp.expm1(-2.0 * _vp_log_alpha(t, self.beta_min, self.beta_max)))
+
+    def t_of_ve_sigma(self, ve_sigma):
+        # alpha = 1 / sqrt(1 + s^2)  (EDM Table 1, "VP" sigma^-1).
+        return _vp_t_of_log_alpha(-0.5 * jnp.log1p(ve_sigma**2), self.beta_min, self.beta_max)
+
+
+@_pytree
+class SubVP(Process):
+    """Sub-VP SDE (Song et al. 2021, eq. 12): VP's mean, marginal std ``1 - alpha^2``."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_max: float = 1.0
+
+    def beta(self, t):
+        """Instantaneous noise rate ``beta(t) = bmin + t (bmax - bmin)``."""
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def alpha(self, t):
+        return jnp.exp(_vp_log_alpha(t, self.beta_min, self.beta_max))
+
+    def sigma(self, t):
+        return -jnp.expm1(2.0 * _vp_log_alpha(t, self.beta_min, self.beta_max))
+
+    def d_alpha(self, t):
+        return -0.5 * self.beta(t) * self.alpha(t)
+
+    def d_sigma(self, t):
+        return -2.0 * self.alpha(t) * self.d_alpha(t)
+
+    def t_of_ve_sigma(self, ve_sigma):
+        # (1 - a^2) / a = s  =>  a = (sqrt(s^2 + 4) - s) / 2 = 2 / (sqrt(s^2 + 4) + s).
+        alpha = 2.0 / (jnp.sqrt(ve_sigma**2 + 4.0) + ve_sigma)
+        return _vp_t_of_log_alpha(jnp.log(alpha), self.beta_min, self.beta_max)
+
+
+@_pytree
+class VE(Process):
+    """Variance-exploding SDE (Song & Ermon 2019; Song et al. 2021, eq. 9).
+
+    ``alpha = 1``, ``sigma = sigma_min (sigma_max / sigma_min)^t``, t in [0, 1]; note
+    ``sigma(0) = sigma_min > 0`` as in score_sde.
+    """
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    t_max: float = 1.0
+
+    def alpha(self, t):
+        return jnp.ones_like(jnp.asarray(t, dtype=jnp.result_type(float)))
+
+    def sigma(self, t):
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def d_alpha(self, t):
+        return jnp.zeros_like(jnp.asarray(t, dtype=jnp.result_type(float)))
+
+    def d_sigma(self, t):
+        return self.sigma(t) * jnp.log(self.sigma_max / self.sigma_min)
+
+    def t_of_ve_sigma(self, ve_sigma):
+        return jnp.log(ve_sigma / self.sigma_min) / jnp.log(self.sigma_max / self.sigma_min)
+
+
+@_pytree
+class EDM(Process):
+    """EDM's process (Karras et al. 2022, Sec. 3): ``alpha = 1``, ``sigma = t``, t in [0, sigma_max]."""
+
+    sigma_max: float = 80.0
+
+    @property
+    def t_max(self):
+        return self.sigma_max
+
+    def alpha(self, t):
+        return jnp.ones_like(jnp.asarray(t, dtype=jnp.result_type(float)))
+
+    def sigma(self, t):
+        return jnp.asarray(t, dtype=jnp.result_type(float))
+
+    def d_alpha(self, t):
+        return jnp.zeros_like(jnp.asarray(t, dtype=jnp.result_type(float)))
+
+    def d_sigma(self, t):
+        return jnp.ones_like(jnp.asarray(t, dtype=jnp.result_type(float)))
+
+    def t_of_ve_sigma(self, ve_sigma):
+        return ve_sigma
+
+
+@_pytree
+class Cosine(Process):
+    """Cosine schedule (Nichol & Dhariwal 2021, eq. 17) in continuous time, t in [0, 1].
+
+    ``alpha = cos(pi/2 (t + s)/(1 + s)) / cos(pi/2 s/(1 + s))``, ``sigma = sqrt(1 - alpha^2)``.
+    ``alpha(1) = 0``, so the VE-frame noise level is infinite at ``t = 1``.
+    """
+
+    s: float = 0.008
+    t_max: float = 1.0
+
+    def _angle(self, t):
+        return 0.5 * jnp.pi * (t + self.s) / (1.0 + self.s)
+
+    def alpha(self, t):
+        return jnp.cos(self._angle(t)) / jnp.cos(self._angle(0.0))
+
+    def sigma(self, t):
+        return jnp.sqrt(jnp.clip(1.0 - self.alpha(t) ** 2, 0.0))
+
+    def d_alpha(self, t):
+        rate = 0.5 * jnp.pi / (1.0 + self.s)
+        return -rate * jnp.sin(self._angle(t)) / jnp.cos(self._angle(0.0))
+
+    def d_sigma(self, t):
+        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
+
+    def t_of_ve_sigma(self, ve_sigma):
+        alpha = jax.lax.rsqrt(1.0 + ve_sigma**2)
+        angle = jnp.arccos(jnp.clip(alpha * jnp.cos(self._angle(0.0)), -1.0, 1.0))
+        return angle * (1.0 + self.s) / (0.5 * jnp.pi) - self.s
+
+
+@_pytree
+class RectifiedFlow(Process):
+    """Rectified flow / conditional OT path (Liu et al. 2023; Lipman et al. 2023, eq. 20 with
+    sigma_min = 0): ``alpha = 1 - t``, ``sigma = t``, t in [0, 1].
+
+    In the flow-matching papers' time ``tau = 1 - t`` (data at tau = 1) this is
+    ``x = tau x1 + (1 - tau) x0`` with target velocity ``x1 - x0`` (= minus ours).
+    """
+
+    t_max: float = 1.0
+
+    def alpha(self, t):
+        return 1.0 - jnp.asarray(t, dtype=jnp.result_type(float))
+
+    def sigma(self, t):
+        return jnp.asarray(t, dtype=jnp.result_type(float))
+
+    def d_alpha(self, t):
+        return -jnp.ones_like(jnp.asarray(t, dtype=jnp.result_type(float)))
+
+    def d_sigma(self, t):
+        return jnp.ones_like(jnp.asarray(t, dtype=jnp.result_type(float)))
+
+    def t_of_ve_sigma(self, ve_sigma):
+        return ve_sigma / (1.0 + ve_sigma)
+
+
+@_pytree
+class TrigFlow(Process):
+    """TrigFlow (Lu & Song 2024, "sCM", Sec. 2): ``alpha = cos t``, ``sigma = sigma_data sin t``.
+
+    t in [0, pi/2]; with ``sigma_data = 1`` this is ``(cos t, sin t)``; sCM uses noise
+    ``N(0, sigma_data^2)``, i.e. ``sigma_data = 0.5`` here. ``t = atan(s / sigma_data)``.
+    """
+
+    sigma_data: float = 1.0
+    t_max: float = 0.5 * math.pi
+
+    def alpha(self, t):
+        return jnp.cos(t)
+
+    def sigma(self, t):
+        return self.sigma_data * jnp.sin(t)
+
+    def d_alpha(self, t):
+        return -jnp.sin(t)
+
+    def d_sigma(self, t):
+        return self.sigma_data * jnp.cos(t)
+
+    def ve_sigma(self, t):
+        return self.sigma_data * jnp.tan(t)
+
+    def t_of_ve_sigma(self, ve_sigma):
+        return jnp.arctan(ve_sigma / self.sigma_data)
