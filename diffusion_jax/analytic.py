@@ -180,7 +180,9 @@ class GaussianMixture:
         ``sum_k w_k N(alpha mu_k, alpha^2 Sigma_k + sigma^2 I)`` (scalar ``t``)."""
         alpha, sigma = process.alpha(t), process.sigma(t)
         return GaussianMixture(
-            alpha * self.means, self.log_weights, alpha**2 * self.eigenvalues + sigma**2,
+            alpha * self.means,
+            self.log_weights,
+            alpha**2 * self.eigenvalues + sigma**2,
             self.eigenvectors,
         )
 

@@ -149,8 +149,11 @@ class EDMPreconditioning:
         """``(c_skip, c_out, c_in, c_noise)`` at VE noise level ``sigma``."""
         sd2 = self.sigma_data**2
         total = sigma**2 + sd2
-        return sd2 / total, sigma * self.sigma_data * jax.lax.rsqrt(total), jax.lax.rsqrt(total), (
-            0.25 * jnp.log(sigma)
+        return (
+            sd2 / total,
+            sigma * self.sigma_data * jax.lax.rsqrt(total),
+            jax.lax.rsqrt(total),
+            (0.25 * jnp.log(sigma)),
         )
 
 
@@ -168,8 +171,11 @@ class VPPreconditioning:
     def coefficients(self, sigma):
         """``(c_skip, c_out, c_in, c_noise)`` at VE noise level ``sigma``."""
         t = _vp_time(sigma, self.beta_min, self.beta_max)
-        return jnp.ones_like(sigma), -sigma, jax.lax.rsqrt(sigma**2 + 1.0), (
-            (self.num_train_steps - 1.0) * t
+        return (
+            jnp.ones_like(sigma),
+            -sigma,
+            jax.lax.rsqrt(sigma**2 + 1.0),
+            ((self.num_train_steps - 1.0) * t),
         )
 
 
@@ -201,7 +207,9 @@ def _per_example_sigma(sigma, x):
 
 def _check_batched(x):
     if jnp.ndim(x) < 2:
-        raise ValueError(f"x must have a batch axis and at least one data axis; got shape {x.shape}")
+        raise ValueError(
+            f"x must have a batch axis and at least one data axis; got shape {x.shape}"
+        )
 
 
 @_pytree
@@ -291,4 +299,3 @@ def probability_flow_derivative(denoiser, x, sigma, cond=None):
     """
     sigma = _per_example_sigma(sigma, x)
     return (x - denoiser(x, sigma, cond)) / _broadcast_like(sigma, x)
-

@@ -30,7 +30,11 @@ def _reduce(squared_error, reduce):
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduce {reduce!r}; expected one of {REDUCTIONS}")
     axes = tuple(range(1, squared_error.ndim))
-    return jnp.mean(squared_error, axis=axes) if reduce == "mean" else jnp.sum(squared_error, axis=axes)
+    return (
+        jnp.mean(squared_error, axis=axes)
+        if reduce == "mean"
+        else jnp.sum(squared_error, axis=axes)
+    )
 
 
 def denoising_loss(
@@ -73,7 +77,13 @@ def denoising_loss(
     if output.shape != x0.shape:
         raise ValueError(f"model output shape {output.shape} != x0 shape {x0.shape}")
     target = from_x0_epsilon(
-        x0, noise, prediction, process.alpha(t), process.sigma(t), process.d_alpha(t), process.d_sigma(t)
+        x0,
+        noise,
+        prediction,
+        process.alpha(t),
+        process.sigma(t),
+        process.d_alpha(t),
+        process.d_sigma(t),
     )
     squared_error = (output.astype(x0.dtype) - target) ** 2
     loss = weighting.weight_for(prediction, process, t) * _reduce(squared_error, reduce)

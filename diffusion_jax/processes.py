@@ -68,7 +68,9 @@ def check_sigma(sigma, name="sigma"):
     try:
         values = np.asarray(sigma)
     except TypeError as error:
-        raise TypeError(f"{name} must be a number or an array, got {type(sigma).__name__}") from error
+        raise TypeError(
+            f"{name} must be a number or an array, got {type(sigma).__name__}"
+        ) from error
     if not np.issubdtype(values.dtype, np.number):
         raise TypeError(f"{name} must be numeric, got dtype {values.dtype}")
     if not bool(np.all(np.isfinite(values))):

@@ -64,14 +64,19 @@ def uniform_draws(key, num_samples, stratification="iid", dtype=jnp.float32):
     """``num_samples`` values in (0, 1): i.i.d., stratified ``(i + U_i)/B``, or the shifted grid
     ``(U + i/B) mod 1`` of Kingma et al. 2021 (VDM, App. I.1)."""
     if stratification not in STRATIFICATIONS:
-        raise ValueError(f"unknown stratification {stratification!r}; expected one of {STRATIFICATIONS}")
+        raise ValueError(
+            f"unknown stratification {stratification!r}; expected one of {STRATIFICATIONS}"
+        )
     if stratification == "iid":
         u = jax.random.uniform(key, (num_samples,), dtype)
     elif stratification == "stratified":
-        u = (jnp.arange(num_samples, dtype=dtype) + jax.random.uniform(key, (num_samples,), dtype))
+        u = jnp.arange(num_samples, dtype=dtype) + jax.random.uniform(key, (num_samples,), dtype)
         u = u / num_samples
     else:
-        u = jnp.mod(jax.random.uniform(key, (), dtype) + jnp.arange(num_samples, dtype=dtype) / num_samples, 1.0)
+        u = jnp.mod(
+            jax.random.uniform(key, (), dtype) + jnp.arange(num_samples, dtype=dtype) / num_samples,
+            1.0,
+        )
     tiny = jnp.finfo(dtype).tiny
     return jnp.clip(u, tiny, 1.0 - jnp.finfo(dtype).epsneg)
 
@@ -79,7 +84,9 @@ def uniform_draws(key, num_samples, stratification="iid", dtype=jnp.float32):
 class _TimeDistribution:
     """Shared ``sample`` for distributions defined by an inverse CDF ``from_uniform``."""
 
-    def sample(self, key, num_samples, process: Process, *, stratification="iid", dtype=jnp.float32):
+    def sample(
+        self, key, num_samples, process: Process, *, stratification="iid", dtype=jnp.float32
+    ):
         """Draw ``num_samples`` process times (shape ``(num_samples,)``)."""
         return self.from_uniform(uniform_draws(key, num_samples, stratification, dtype), process)
 
@@ -138,9 +145,10 @@ class LogUniformSigma(_TimeDistribution):
     def log_density(self, t, process):
         """Log-density of ``t``: ``-log(ln smax - ln smin) + log |d ln s / dt|``."""
         d_log_sigma = jax.vmap(jax.grad(lambda tt: jnp.log(process.ve_sigma(tt))))(jnp.ravel(t))
-        return (jnp.log(jnp.abs(d_log_sigma)) - jnp.log(
-            jnp.log(self.sigma_max) - jnp.log(self.sigma_min)
-        )).reshape(jnp.shape(t))
+        return (
+            jnp.log(jnp.abs(d_log_sigma))
+            - jnp.log(jnp.log(self.sigma_max) - jnp.log(self.sigma_min))
+        ).reshape(jnp.shape(t))
 
 
 @_pytree
@@ -208,7 +216,9 @@ class Weighting:
         weight = self.native_weight(process, t)
         if parameterisation == self.native:
             return weight
-        ratio = x0_error_scale(self.native, process, t) / x0_error_scale(parameterisation, process, t)
+        ratio = x0_error_scale(self.native, process, t) / x0_error_scale(
+            parameterisation, process, t
+        )
         return weight * ratio**2
 
 
@@ -302,4 +312,3 @@ class LikelihoodWeighting(Weighting):
 
     def native_weight(self, process, t):
         return process.diffusion_squared(t) / process.sigma(t) ** 2
-

@@ -25,8 +25,14 @@ def test_log_prob_matches_scipy(x64):
     x = jax.random.normal(jax.random.key(5), (7, 3)) * 2
     for sigma in [0.0, 0.4, 3.0]:
         expected = np.log(
-            0.3 * stats.multivariate_normal(mixture.means[0], covariances[0] + sigma**2 * np.eye(3)).pdf(x)
-            + 0.7 * stats.multivariate_normal(mixture.means[1], covariances[1] + sigma**2 * np.eye(3)).pdf(x)
+            0.3
+            * stats.multivariate_normal(
+                mixture.means[0], covariances[0] + sigma**2 * np.eye(3)
+            ).pdf(x)
+            + 0.7
+            * stats.multivariate_normal(
+                mixture.means[1], covariances[1] + sigma**2 * np.eye(3)
+            ).pdf(x)
         )
         np.testing.assert_allclose(mixture.log_prob(x, sigma), expected, rtol=1e-10)
 
@@ -62,7 +68,9 @@ def test_diagonal_and_full_covariances_agree(x64):
     full = GaussianMixture.create(means, jax.vmap(jnp.diag)(variances))
     x = jax.random.normal(jax.random.key(1), (5, 2))
     for method in ["log_prob", "score", "denoise"]:
-        np.testing.assert_allclose(getattr(diagonal, method)(x, 0.3), getattr(full, method)(x, 0.3), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(
+            getattr(diagonal, method)(x, 0.3), getattr(full, method)(x, 0.3), rtol=1e-10, atol=1e-12
+        )
     np.testing.assert_allclose(full.covariances(), jax.vmap(jnp.diag)(variances), atol=1e-12)
 
 
@@ -72,13 +80,16 @@ def test_samples_have_the_mixture_moments(x64):
     weights = jnp.array([0.3, 0.7])
     mean = weights @ mixture.means
     second = sum(
-        w * (c + 0.25 * jnp.eye(3) + jnp.outer(m, m)) for w, c, m in zip(weights, covariances, mixture.means)
+        w * (c + 0.25 * jnp.eye(3) + jnp.outer(m, m))
+        for w, c, m in zip(weights, covariances, mixture.means, strict=True)
     )
     np.testing.assert_allclose(jnp.mean(samples, 0), mean, atol=0.02)
     np.testing.assert_allclose(jnp.cov(samples.T), second - jnp.outer(mean, mean), atol=0.05)
 
 
-@pytest.mark.parametrize("process", [P.VP(), P.RectifiedFlow(), P.TrigFlow()], ids=["vp", "rf", "trig"])
+@pytest.mark.parametrize(
+    "process", [P.VP(), P.RectifiedFlow(), P.TrigFlow()], ids=["vp", "rf", "trig"]
+)
 def test_process_marginal_is_change_of_variables_of_ve_marginal(x64, process):
     mixture, _ = _full_mixture()
     t = 0.6 * float(process.t_max)
@@ -97,14 +108,25 @@ def test_gaussian_flow_map_solves_the_probability_flow_ode(x64):
         return probability_flow_derivative(denoiser, x, sigma)
 
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), diffrax.Dopri8(), 20.0, 0.05, -0.1, x_start, args=gaussian,
-        stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-12), max_steps=10000,
+        diffrax.ODETerm(field),
+        diffrax.Dopri8(),
+        20.0,
+        0.05,
+        -0.1,
+        x_start,
+        args=gaussian,
+        stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-12),
+        max_steps=10000,
     )
-    np.testing.assert_allclose(solution.ys[-1], gaussian_flow_map(gaussian, x_start, 20.0, 0.05), rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(
+        solution.ys[-1], gaussian_flow_map(gaussian, x_start, 20.0, 0.05), rtol=1e-8, atol=1e-9
+    )
     # The map pushes N(mu, Sigma + s0^2) forward to N(mu, Sigma + s1^2): check the covariance.
     many = gaussian.sample(jax.random.key(5), 100000, sigma=20.0)
     pushed = gaussian_flow_map(gaussian, many, 20.0, 0.05)
-    np.testing.assert_allclose(jnp.cov(pushed.T), gaussian.covariances()[0] + 0.0025 * jnp.eye(3), atol=0.03)
+    np.testing.assert_allclose(
+        jnp.cov(pushed.T), gaussian.covariances()[0] + 0.0025 * jnp.eye(3), atol=0.03
+    )
 
 
 def test_bad_input_errors():

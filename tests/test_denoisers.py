@@ -72,7 +72,9 @@ def test_x0_error_scale_relates_errors_of_parameterisations(x64, process):
         error = D.from_x0_epsilon(x0_hat, eps_hat, name, *coefficients) - D.from_x0_epsilon(
             x0, eps, name, *coefficients
         )
-        np.testing.assert_allclose(error, D.x0_error_scale(name, process, t) * (x0_hat - x0), rtol=1e-8)
+        np.testing.assert_allclose(
+            error, D.x0_error_scale(name, process, t) * (x0_hat - x0), rtol=1e-8
+        )
 
 
 def _exact_prediction(mixture, process, x_t, t, cond, *, parameterisation):
@@ -80,7 +82,13 @@ def _exact_prediction(mixture, process, x_t, t, cond, *, parameterisation):
     x0 = mixture.denoise(x_t / alpha, (sigma / alpha)[:, 0])
     eps = (x_t - alpha * x0) / sigma
     return D.from_x0_epsilon(
-        x0, eps, parameterisation, alpha, sigma, process.d_alpha(t)[:, None], process.d_sigma(t)[:, None]
+        x0,
+        eps,
+        parameterisation,
+        alpha,
+        sigma,
+        process.d_alpha(t)[:, None],
+        process.d_sigma(t)[:, None],
     )
 
 
@@ -90,7 +98,8 @@ def _exact_network(mixture, process, parameterisation):
 
 
 _PREDICTORS = {
-    name: functools.partial(_exact_prediction, parameterisation=name) for name in D.PARAMETERISATIONS
+    name: functools.partial(_exact_prediction, parameterisation=name)
+    for name in D.PARAMETERISATIONS
 }
 
 
@@ -98,7 +107,9 @@ _PREDICTORS = {
 @pytest.mark.parametrize("parameterisation", D.PARAMETERISATIONS)
 def test_process_denoiser_adapts_exact_networks(x64, process, parameterisation):
     mixture = _mixture()
-    denoiser = D.ProcessDenoiser(_exact_network(mixture, process, parameterisation), process, parameterisation)
+    denoiser = D.ProcessDenoiser(
+        _exact_network(mixture, process, parameterisation), process, parameterisation
+    )
     x = mixture.sample(jax.random.key(2), 6, sigma=1.0)
     sigma = jnp.geomspace(0.05, 5.0, 6)
     np.testing.assert_allclose(denoiser(x, sigma), mixture(x, sigma), rtol=1e-8, atol=1e-9)
@@ -112,7 +123,10 @@ def test_process_denoiser_adapts_exact_networks(x64, process, parameterisation):
 def test_edm_preconditioning_values_and_unit_variance_target(x64):
     precond = D.EDMPreconditioning(sigma_data=0.5)
     c_skip, c_out, c_in, c_noise = precond.coefficients(jnp.asarray(2.0))
-    np.testing.assert_allclose([c_skip, c_out, c_in, c_noise], [0.25 / 4.25, 1.0 / 4.25**0.5, 4.25**-0.5, 0.25 * np.log(2.0)])
+    np.testing.assert_allclose(
+        [c_skip, c_out, c_in, c_noise],
+        [0.25 / 4.25, 1.0 / 4.25**0.5, 4.25**-0.5, 0.25 * np.log(2.0)],
+    )
     # EDM eq. 8 design: c_in x has unit variance and the network target (x0 - c_skip x)/c_out too.
     key0, key1 = jax.random.split(jax.random.key(0))
     x0 = 0.5 * jax.random.normal(key0, (200000,))
@@ -172,7 +186,9 @@ def test_denoisers_jit_as_pytrees_without_recompiling(x64):
     x = mixture.sample(jax.random.key(0), 3)
     first = apply(denoiser, x, 0.5)
     moved = GaussianMixture.create(mixture.means + 1.0, variances=mixture.eigenvalues)
-    other = D.ProcessDenoiser(_exact_network(moved, P.VP(beta_max=15.0), "v"), P.VP(beta_max=15.0), "v")
+    other = D.ProcessDenoiser(
+        _exact_network(moved, P.VP(beta_max=15.0), "v"), P.VP(beta_max=15.0), "v"
+    )
     second = apply(other, x + 1.0, 0.7)
     assert len(traces) == 1
     np.testing.assert_allclose(first, mixture(x, 0.5), rtol=1e-9)
@@ -184,7 +200,9 @@ def test_bad_input_errors():
         D.convert(jnp.ones((2, 3)), "eps", "x0", jnp.ones((2, 3)), 0.5, P.VP())
     with pytest.raises(ValueError, match="unknown parameterisation"):
         D.ProcessDenoiser(None, P.VP(), "noise")
-    denoiser = D.PreconditionedDenoiser(jax.tree_util.Partial(lambda x, c, cond: x), D.EDMPreconditioning())
+    denoiser = D.PreconditionedDenoiser(
+        jax.tree_util.Partial(lambda x, c, cond: x), D.EDMPreconditioning()
+    )
     x = jnp.ones((2, 3))
     with pytest.raises(ValueError, match="sigma"):
         denoiser(x, -1.0)
@@ -194,6 +212,8 @@ def test_bad_input_errors():
         denoiser(x, jnp.ones(3))
     with pytest.raises(ValueError, match="batch axis"):
         denoiser(jnp.ones(3), 1.0)
-    bad_network = D.PreconditionedDenoiser(jax.tree_util.Partial(lambda x, c, cond: x[:, :2]), D.EDMPreconditioning())
+    bad_network = D.PreconditionedDenoiser(
+        jax.tree_util.Partial(lambda x, c, cond: x[:, :2]), D.EDMPreconditioning()
+    )
     with pytest.raises(ValueError, match="network output shape"):
         bad_network(x, 1.0)

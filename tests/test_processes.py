@@ -85,7 +85,9 @@ def test_published_constants(x64):
     f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
     np.testing.assert_allclose(cos.alpha(0.37) ** 2, f(0.37) / f(0.0), rtol=1e-12)
     rf = P.RectifiedFlow()
-    np.testing.assert_allclose([rf.alpha(0.25), rf.sigma(0.25), rf.ve_sigma(0.25)], [0.75, 0.25, 1 / 3])
+    np.testing.assert_allclose(
+        [rf.alpha(0.25), rf.sigma(0.25), rf.ve_sigma(0.25)], [0.75, 0.25, 1 / 3]
+    )
     trig = P.TrigFlow(sigma_data=0.5)
     np.testing.assert_allclose(trig.t_of_ve_sigma(0.5), math.pi / 4, rtol=1e-12)
     np.testing.assert_allclose(P.EDM().ve_sigma(3.0), 3.0)
@@ -104,8 +106,14 @@ def test_moment_odes_of_sde_reproduce_affine_path(x64, process):
 
     y0 = (process.alpha(t0) * m0, process.alpha(t0) ** 2 * v0 + process.sigma(t0) ** 2)
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(moments), diffrax.Dopri8(), t0, t1, 1e-3, y0,
-        stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-12), max_steps=20000,
+        diffrax.ODETerm(moments),
+        diffrax.Dopri8(),
+        t0,
+        t1,
+        1e-3,
+        y0,
+        stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-12),
+        max_steps=20000,
     )
     mean, var = solution.ys[0][-1], solution.ys[1][-1]
     np.testing.assert_allclose(mean, process.alpha(t1) * m0, rtol=1e-8)
@@ -117,7 +125,9 @@ def test_probability_flow_velocity_equals_conditional_expectation(x64, process):
     """f x - g^2 score / 2 == alpha' E[x0|x] + sigma' E[eps|x] (flow-matching marginal velocity)."""
     from diffusion_jax.analytic import GaussianMixture
 
-    data = GaussianMixture.create(jnp.array([[1.0, -0.5], [-2.0, 0.3]]), variances=jnp.array([0.2, 0.5]))
+    data = GaussianMixture.create(
+        jnp.array([[1.0, -0.5], [-2.0, 0.3]]), variances=jnp.array([0.2, 0.5])
+    )
     t = 0.4 * float(process.t_max)
     marginal = data.marginal(process, t)
     x = marginal.sample(jax.random.key(0), 6)
@@ -126,10 +136,14 @@ def test_probability_flow_velocity_equals_conditional_expectation(x64, process):
     x0_hat = data.denoise(x / alpha, sigma / alpha)
     eps_hat = (x - alpha * x0_hat) / sigma
     expected = process.d_alpha(t) * x0_hat + process.d_sigma(t) * eps_hat
-    np.testing.assert_allclose(process.probability_flow_velocity(x, t, score), expected, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(
+        process.probability_flow_velocity(x, t, score), expected, rtol=1e-9, atol=1e-10
+    )
     # The reverse SDE drift differs from the forward drift by g^2 score.
     forward, g = process.sde(x, t)
-    np.testing.assert_allclose(process.reverse_sde_drift(x, t, score), forward - g**2 * score, rtol=1e-12)
+    np.testing.assert_allclose(
+        process.reverse_sde_drift(x, t, score), forward - g**2 * score, rtol=1e-12
+    )
 
 
 def test_prior_log_prob_and_samples(x64):
