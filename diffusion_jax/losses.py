@@ -21,7 +21,13 @@ from diffusion_jax.denoisers import check_parameterisation, from_x0_epsilon
 from diffusion_jax.processes import Process, RectifiedFlow
 from diffusion_jax.schedules import FlowMatchingWeighting, UniformTime, uniform_draws
 
-__all__ = ["REDUCTIONS", "denoising_loss", "flow_matching_loss", "elbo_constant"]
+__all__ = [
+    "REDUCTIONS",
+    "denoising_loss",
+    "flow_matching_loss",
+    "uncertainty_weighted",
+    "elbo_constant",
+]
 
 REDUCTIONS = ("mean", "sum")
 
@@ -125,6 +131,14 @@ def flow_matching_loss(
         stratification=stratification,
         reduce=reduce,
     )
+
+
+def uncertainty_weighted(loss, log_variance):
+    """``loss / exp(u) + u`` with a learned per-example log-variance ``u(sigma)`` (Karras et al.
+    2024, "EDM2", eq. 21; Kendall & Gal 2018). Minimising over ``u`` gives ``u = log E[loss | sigma]``,
+    which equalises the loss magnitude across noise levels."""
+    log_variance = jnp.asarray(log_variance, jnp.result_type(loss))
+    return loss * jnp.exp(-log_variance) + log_variance
 
 
 def elbo_constant(process: Process, x0, key, *, t_min, num_samples=1):

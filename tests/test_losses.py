@@ -12,7 +12,12 @@ from diffusion_jax import processes as P
 from diffusion_jax import schedules as S
 from diffusion_jax.analytic import GaussianMixture
 from diffusion_jax.denoisers import PARAMETERISATIONS, ProcessModel, convert
-from diffusion_jax.losses import denoising_loss, elbo_constant, flow_matching_loss
+from diffusion_jax.losses import (
+    denoising_loss,
+    elbo_constant,
+    flow_matching_loss,
+    uncertainty_weighted,
+)
 
 WEIGHTINGS = [
     S.X0MSE(),
@@ -287,6 +292,17 @@ def test_likelihood_weighted_loss_gives_the_elbo_with_its_constant(x64, process)
     standard_error = float(jnp.std(bound)) / math.sqrt(n)
     assert standard_error < 0.08
     assert abs(float(jnp.mean(bound)) - (entropy + kl)) < 4 * standard_error
+
+
+def test_uncertainty_weighting_learns_the_log_of_the_expected_loss(x64):
+    """EDM2 eq. 21: d/du mean(L e^-u + u) = 0 at u = log mean(L), and it is a minimum."""
+    losses = jnp.exp(jax.random.normal(jax.random.key(0), (1000,)))
+    objective = lambda u: jnp.mean(uncertainty_weighted(losses, u))
+    optimum = jnp.log(jnp.mean(losses))
+    np.testing.assert_allclose(jax.grad(objective)(optimum), 0.0, atol=1e-12)
+    assert float(objective(optimum)) < min(
+        float(objective(optimum - 0.1)), float(objective(optimum + 0.1))
+    )
 
 
 def test_bad_input_errors():
