@@ -1,0 +1,306 @@
+"""DPM-Solver family in the VE frame (``alpha = 1``, ``lambda = -log sigma``).
+
+Exponential integrators of the probability-flow ODE written in half-logSNR ``lambda``: with data
+prediction (DPM-Solver++) ``x(l_t) = (sigma_t / sigma_s) x(l_s) + sigma_t int e^l x0_hat dl``;
+with noise prediction (DPM-Solver) ``x(l_t) = x(l_s) - int e^(-l) eps_hat dl`` (Lu et al. 2022a,
+eq. 3.4 / 2022b, eq. 8 with ``alpha = 1``). ``h = log(sigma_i / sigma_{i+1})``.
+
+Every step that ends above 0 uses the method's order; the step to ``sigma = 0`` (``h = inf``) is
+the first-order step, which returns ``x0_hat`` (as k-diffusion does; it avoids the
+``log(0)`` failure of diffusers#9007).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from diffusion_jax.samplers._core import (
+    check_inputs,
+    check_key,
+    denoise,
+    expand,
+    finish,
+    interior_inputs,
+    safe_sqrt,
+    scan_steps,
+    step_noise,
+)
+
+__all__ = [
+    "dpm_solver_2",
+    "dpm_solver_3",
+    "dpmpp_2m",
+    "dpmpp_3m",
+    "dpmpp_2m_sde",
+    "dpmpp_3m_sde",
+]
+
+
+# -- singlestep -------------------------------------------------------------------------------
+
+
+def _singlestep_data(denoiser, x, sigma, sigma_next, cond, order, x0_hat=None):
+    """DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1, r = 1/2) and (3S) (Lu et al. 2022b, App. and
+    Lu et al. 2022a, Alg. 2 with r1 = 1/3, r2 = 2/3) in data prediction; ``x0_hat`` at ``x``
+    may be passed in when already known."""
+    h = jnp.log(sigma / sigma_next)
+    if x0_hat is None:
+        x0_hat = denoise(denoiser, x, sigma, cond)
+    if order == 2:
+        sigma_mid = jnp.sqrt(sigma * sigma_next)
+        u = expand(sigma_mid / sigma, x) * x - expand(jnp.expm1(-0.5 * h), x) * x0_hat
+        x0_mid = denoise(denoiser, u, sigma_mid, cond)
+        return expand(sigma_next / sigma, x) * x - expand(jnp.expm1(-h), x) * x0_mid
+    r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+    sigma_1, sigma_2 = sigma * jnp.exp(-r1 * h), sigma * jnp.exp(-r2 * h)
+    u1 = expand(sigma_1 / sigma, x) * x - expand(jnp.expm1(-r1 * h), x) * x0_hat
+    x0_1 = denoise(denoiser, u1, sigma_1, cond)
+    phi_22 = jnp.expm1(-r2 * h) / (r2 * h) + 1.0
+    u2 = (
+        expand(sigma_2 / sigma, x) * x
+        - expand(jnp.expm1(-r2 * h), x) * x0_hat
+        + expand(r2 / r1 * phi_22, x) * (x0_1 - x0_hat)
+    )
+    x0_2 = denoise(denoiser, u2, sigma_2, cond)
+    phi_2 = jnp.expm1(-h) / h + 1.0
+    return (
+        expand(sigma_next / sigma, x) * x
+        - expand(jnp.expm1(-h), x) * x0_hat
+        + expand(phi_2 / r2, x) * (x0_2 - x0_hat)
+    )
+
+
+def _singlestep_noise(denoiser, x, sigma, sigma_next, cond, order):
+    """DPM-Solver-2 and -3 (Lu et al. 2022a, Alg. 1 with r1 = 1/2 and Alg. 2 with r1 = 1/3,
+    r2 = 2/3) in noise prediction; in the VE frame ``sigma_s (e^(r h) - 1) = sigma_i - sigma_s``."""
+    h = jnp.log(sigma / sigma_next)
+    eps = (x - denoise(denoiser, x, sigma, cond)) / expand(sigma, x)
+
+    def eps_at(u, level):
+        return (u - denoise(denoiser, u, level, cond)) / expand(level, u)
+
+    if order == 2:
+        sigma_mid = jnp.sqrt(sigma * sigma_next)
+        u = x - expand(sigma - sigma_mid, x) * eps
+        return x - expand(sigma - sigma_next, x) * eps_at(u, sigma_mid)
+    r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+    sigma_1, sigma_2 = sigma * jnp.exp(-r1 * h), sigma * jnp.exp(-r2 * h)
+    u1 = x - expand(sigma - sigma_1, x) * eps
+    difference_1 = eps_at(u1, sigma_1) - eps
+    coefficient = sigma_2 * (r2 / r1) * (jnp.expm1(r2 * h) / (r2 * h) - 1.0)
+    u2 = x - expand(sigma - sigma_2, x) * eps - expand(coefficient, x) * difference_1
+    difference_2 = eps_at(u2, sigma_2) - eps
+    coefficient = sigma_next / r2 * (jnp.expm1(h) / h - 1.0)
+    return x - expand(sigma - sigma_next, x) * eps - expand(coefficient, x) * difference_2
+
+
+def _singlestep(denoiser, noise, sigmas, cond, return_trajectory, order, data_prediction):
+    noise, sigmas = check_inputs(noise, sigmas)
+    x_start = noise * sigmas[0]
+    update = _singlestep_data if data_prediction else _singlestep_noise
+
+    def step(x, inputs):
+        sigma, sigma_next, _ = inputs
+        return update(denoiser, x, sigma, sigma_next, cond, order)
+
+    x, states = scan_steps(step, x_start, interior_inputs(sigmas), lambda x: x, return_trajectory)
+    x0 = denoise(denoiser, x, sigmas[-2], cond)
+    return finish(x0, x_start, states, [x0], return_trajectory)
+
+
+def dpm_solver_2(
+    denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, data_prediction=True
+):
+    """Singlestep second-order DPM-Solver: DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1) with
+    ``data_prediction=True``, DPM-Solver-2 (Lu et al. 2022a, Alg. 1) otherwise; the midpoint is
+    the logSNR midpoint ``sqrt(sigma_i sigma_{i+1})``.
+
+    NFE for a grid of N steps: 2(N - 1) + 1 = 2N - 1.
+    """
+    del key
+    return _singlestep(denoiser, noise, sigmas, cond, return_trajectory, 2, data_prediction)
+
+
+def dpm_solver_3(
+    denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, data_prediction=True
+):
+    """Singlestep third-order DPM-Solver: DPM-Solver++(3S) with ``data_prediction=True``,
+    DPM-Solver-3 (Lu et al. 2022a, Alg. 2, r1 = 1/3, r2 = 2/3) otherwise.
+
+    NFE for a grid of N steps: 3(N - 1) + 1 = 3N - 2.
+    """
+    del key
+    return _singlestep(denoiser, noise, sigmas, cond, return_trajectory, 3, data_prediction)
+
+
+# -- multistep (DPM-Solver++ 2M / 3M and their SDE versions) ----------------------------------
+
+
+def step_orders(num_interior, order, lower_order_final):
+    """Per-step orders of a multistep method over the steps that end above 0: warm-up
+    ``min(i + 1, order)``; with ``lower_order_final`` also at most ``num_interior - i + 1``
+    (Lu et al. 2022b, Sec. 5 / dpm-solver's ``lower_order_final``; the final step to 0 is order 1).
+    """
+    index = jnp.arange(num_interior)
+    orders = jnp.minimum(index + 1, order)
+    if lower_order_final:
+        orders = jnp.minimum(orders, num_interior - index + 1)
+    return orders
+
+
+def _multistep(
+    denoiser,
+    noise,
+    sigmas,
+    key,
+    cond,
+    return_trajectory,
+    order,
+    eta,
+    s_noise,
+    lower_order_final,
+    singlestep_warmup=False,
+):
+    """Shared DPM-Solver++(kM) / SDE-DPM-Solver++(kM) driver (Lu et al. 2022b, Alg. 2 and
+    eq. (9) for the SDE; ``eta`` scales the injected noise as in k-diffusion). With
+    ``singlestep_warmup`` the first step is DPM-Solver++(2S) (one more evaluation), so no
+    first-order step limits the global order of the third-order method to 2."""
+    noise, sigmas = check_inputs(noise, sigmas)
+    stochastic = key is not None
+    x_start = noise * sigmas[0]
+    num_interior = sigmas.shape[0] - 2
+    orders = step_orders(num_interior, order, lower_order_final)
+    zeros = jnp.zeros_like(x_start)
+    ones = jnp.ones((), x_start.dtype)  # placeholder step sizes: finite, so gradients stay finite
+
+    def step(carry, inputs):
+        x, x0_prev_1, x0_prev_2, h_prev_1, h_prev_2 = carry
+        sigma, sigma_next, index, step_order = inputs
+        x0_hat = denoise(denoiser, x, sigma, cond)
+        h = jnp.log(sigma / sigma_next)
+        h_eta = h * (1.0 + eta)
+        one_minus = -jnp.expm1(-h_eta)  # 1 - e^(-(1 + eta) h)
+        x_next = expand(jnp.exp(-h_eta), x) * x + expand(one_minus, x) * x0_hat
+        # second order: midpoint form of Lu et al. 2022b, Alg. 2 (D = (1 + 1/2r) x0 - 1/2r x0_prev)
+        r0 = h_prev_1 / h
+        second = expand(0.5 * one_minus / r0, x) * (x0_hat - x0_prev_1)
+        # third order: exact integrals of the quadratic interpolant (phi_2, phi_3 of -h_eta)
+        r1 = h_prev_2 / h
+        d1_0 = (x0_hat - x0_prev_1) / expand(r0, x)
+        d1_1 = (x0_prev_1 - x0_prev_2) / expand(r1, x)
+        d1 = d1_0 + expand(r0 / (r0 + r1), x) * (d1_0 - d1_1)
+        d2 = (d1_0 - d1_1) / expand(r0 + r1, x)
+        phi_2 = jnp.expm1(-h_eta) / h_eta + 1.0
+        phi_3 = phi_2 / h_eta - 0.5
+        third = expand(phi_2, x) * d1 - expand(2.0 * phi_3, x) * d2
+        x_next = x_next + jnp.where(step_order == 2, second, 0.0)
+        x_next = x_next + jnp.where(step_order == 3, third, 0.0)
+        if stochastic:
+            scale = sigma_next * safe_sqrt(-jnp.expm1(-2.0 * eta * h)) * s_noise
+            x_next = x_next + expand(scale, x) * step_noise(key, index, x)
+        return x_next, x0_hat, x0_prev_1, h, h_prev_1
+
+    sigma, sigma_next, index = interior_inputs(sigmas)
+    carry = (x_start, zeros, zeros, ones, ones)
+    warmup_states = []
+    if singlestep_warmup and num_interior >= 1:
+        x0_hat = denoise(denoiser, x_start, sigmas[0], cond)
+        x_first = _singlestep_data(denoiser, x_start, sigmas[0], sigmas[1], cond, 2, x0_hat)
+        carry = (x_first, x0_hat, zeros, jnp.log(sigmas[0] / sigmas[1]), ones)
+        sigma, sigma_next, index, orders = sigma[1:], sigma_next[1:], index[1:], orders[1:]
+        warmup_states = [x_first]
+    carry, states = scan_steps(
+        step, carry, (sigma, sigma_next, index, orders), lambda c: c[0], return_trajectory
+    )
+    x0 = denoise(denoiser, carry[0], sigmas[-2], cond)
+    if return_trajectory and warmup_states:
+        states = jnp.concatenate([warmup_states[0][None], states], axis=0)
+    return finish(x0, x_start, states, [x0], return_trajectory)
+
+
+def dpmpp_2m(
+    denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, lower_order_final=True
+):
+    """DPM-Solver++(2M), multistep second order in data prediction (Lu et al. 2022b, Alg. 2):
+    ``x_next = (s_next/s) x - expm1(-h) D``, ``D = (1 + 1/2r) x0_hat - 1/2r x0_prev``. First
+    step first order (warm-up); the step to 0 returns ``x0_hat``.
+
+    NFE for a grid of N steps: N.
+    """
+    del key
+    return _multistep(
+        denoiser, noise, sigmas, None, cond, return_trajectory, 2, 0.0, 1.0, lower_order_final
+    )
+
+
+def dpmpp_3m(
+    denoiser,
+    noise,
+    sigmas,
+    *,
+    key=None,
+    cond=None,
+    return_trajectory=False,
+    lower_order_final=True,
+    singlestep_warmup=False,
+):
+    """DPM-Solver++(3M), multistep third order in data prediction (Lu et al. 2022b, App. B; the
+    quadratic interpolant of the last three ``x0_hat`` integrated exactly against ``e^lambda``).
+    Orders 1, 2 for warm-up (the first-order step makes the asymptotic order 2; with
+    ``singlestep_warmup`` the first step is DPM-Solver++(2S) instead, +1 NFE, and the order is 3);
+    with ``lower_order_final`` the last step above 0 is second order.
+
+    NFE for a grid of N steps: N (N + 1 with ``singlestep_warmup``).
+    """
+    del key
+    return _multistep(
+        denoiser, noise, sigmas, None, cond, return_trajectory, 3, 0.0, 1.0, lower_order_final,
+        singlestep_warmup,
+    )
+
+
+def dpmpp_2m_sde(
+    denoiser,
+    noise,
+    sigmas,
+    *,
+    key=None,
+    cond=None,
+    return_trajectory=False,
+    eta=1.0,
+    s_noise=1.0,
+    lower_order_final=True,
+):
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, eq. 9 / Sec. 4.3; ``eta`` as in k-diffusion):
+    ``x_next = e^(-(1+eta)h) x + (1 - e^(-(1+eta)h)) x0_hat + ... + sigma_next
+    sqrt(1 - e^(-2 eta h)) z``. With ``eta = 1`` the first step is the DDPM ancestral step.
+
+    NFE for a grid of N steps: N.
+    """
+    check_key(key, "dpmpp_2m_sde")
+    return _multistep(
+        denoiser, noise, sigmas, key, cond, return_trajectory, 2, eta, s_noise, lower_order_final
+    )
+
+
+def dpmpp_3m_sde(
+    denoiser,
+    noise,
+    sigmas,
+    *,
+    key=None,
+    cond=None,
+    return_trajectory=False,
+    eta=1.0,
+    s_noise=1.0,
+    lower_order_final=True,
+):
+    """SDE-DPM-Solver++(3M) (Lu et al. 2022b, eq. 9 with the third-order multistep data term;
+    k-diffusion ``sample_dpmpp_3m_sde``).
+
+    NFE for a grid of N steps: N.
+    """
+    check_key(key, "dpmpp_3m_sde")
+    return _multistep(
+        denoiser, noise, sigmas, key, cond, return_trajectory, 3, eta, s_noise, lower_order_final
+    )
