@@ -1,0 +1,37 @@
+"""Flax NNX backbones (they know nothing of sigma; preconditioning wraps them).
+
+``MLP`` for low-dimensional data, ``UNet`` (DDPM++/NCSN++ family) for images, and the noise
+embeddings ``FourierEmbedding`` / ``PositionalEmbedding``. Every network is called as
+``network(x, c_noise, cond=None)`` and is a pytree usable inside
+``diffusion_jax.denoisers.PreconditionedDenoiser``.
+"""
+
+from diffusion_jax.networks.conditioning import EMBEDDINGS, NoiseConditioning, check_labels
+from diffusion_jax.networks.embeddings import FourierEmbedding, PositionalEmbedding
+from diffusion_jax.networks.layers import group_count
+from diffusion_jax.networks.mlp import MLP
+from diffusion_jax.networks.unet import AttentionBlock, ResnetBlock, UNet
+from diffusion_jax.networks.wrappers import WithDropoutKey
+
+__all__ = [
+    "EMBEDDINGS",
+    "AttentionBlock",
+    "FourierEmbedding",
+    "MLP",
+    "NoiseConditioning",
+    "PositionalEmbedding",
+    "ResnetBlock",
+    "UNet",
+    "WithDropoutKey",
+    "check_labels",
+    "count_params",
+    "group_count",
+]
+
+
+def count_params(module):
+    """Number of trainable scalars (``nnx.Param`` leaves) in ``module``."""
+    import jax
+    from flax import nnx
+
+    return sum(leaf.size for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)))
