@@ -1,0 +1,132 @@
+"""Device mesh, shardings and compilation of the train step.
+
+Data parallelism is written as per-global-batch code: ``jax.jit`` with ``NamedSharding`` over a
+``Mesh`` partitions it (GSPMD; Xu et al. 2021), no ``pmap`` or collectives by hand. The mesh has
+two axes, ``data`` (batch) and ``model`` (size 1 by default; a ``param_spec`` rule can shard
+parameters along it). The same code runs on one CPU, on 8 forced host devices and on several
+processes after ``jax.distributed.initialize()``: each process feeds its own rows of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = [
+    "DATA_AXIS",
+    "MODEL_AXIS",
+    "make_mesh",
+    "replicated",
+    "batch_sharding",
+    "state_shardings",
+    "check_batch_size",
+    "local_batch_size",
+    "place_state",
+    "shard_batch",
+    "compile_train_step",
+]
+
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
+
+
+def make_mesh(data: int = -1, model: int = 1, *, devices=None) -> Mesh:
+    """A ``(data, model)`` device mesh over all (global) devices; ``-1`` takes what is left
+    (Xu et al. 2021, "GSPMD"; JAX ``jax.sharding.Mesh``)."""
+    devices = list(jax.devices() if devices is None else devices)
+    if model < 1:
+        raise ValueError(f"model axis size must be >= 1; got {model}")
+    if data == -1:
+        if len(devices) % model:
+            raise ValueError(f"{len(devices)} devices do not split into a model axis of {model}")
+        data = len(devices) // model
+    if data < 1 or data * model != len(devices):
+        raise ValueError(
+            f"mesh (data={data}, model={model}) needs {data * model} devices; have {len(devices)}"
+        )
+    return Mesh(np.asarray(devices, dtype=object).reshape(data, model), (DATA_AXIS, MODEL_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding that keeps a full copy on every device of ``mesh``."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, *, stacked: bool = False) -> NamedSharding:
+    """Batch axis split over ``data`` (axis 0, or axis 1 of a multi-step stack of batches)."""
+    spec = PartitionSpec(None, DATA_AXIS) if stacked else PartitionSpec(DATA_AXIS)
+    return NamedSharding(mesh, spec)
+
+
+def state_shardings(state, mesh: Mesh, *, param_spec: Callable | None = None):
+    """Shardings for a state pytree: replicated, or ``param_spec(path, leaf) -> PartitionSpec``
+    (e.g. split a weight's output axis over ``model``) for leaves where it returns one."""
+
+    def sharding(path, leaf):
+        spec = param_spec(path, leaf) if param_spec is not None else None
+        return NamedSharding(mesh, spec if spec is not None else PartitionSpec())
+
+    return jax.tree_util.tree_map_with_path(sharding, state)
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+    """Raise ``ValueError`` unless the global batch splits evenly over the ``data`` axis and over
+    the processes; return the per-process batch size."""
+    data_size = mesh.shape[DATA_AXIS]
+    if global_batch_size <= 0 or global_batch_size % data_size:
+        raise ValueError(
+            f"global batch size {global_batch_size} is not divisible by the {data_size} devices "
+            f"of the mesh's data axis; choose a multiple of {data_size}"
+        )
+    return local_batch_size(global_batch_size)
+
+
+def local_batch_size(global_batch_size: int) -> int:
+    """Rows of the global batch that this process feeds (``global / process_count``)."""
+    count = jax.process_count()
+    if global_batch_size % count:
+        raise ValueError(
+            f"global batch size {global_batch_size} is not divisible by {count} processes"
+        )
+    return global_batch_size // count
+
+
+def _is_key(leaf) -> bool:
+    return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _place_leaf(leaf, sharding):
+    if _is_key(leaf):
+        data = _place_leaf(jax.random.key_data(leaf), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def place_state(state, shardings):
+    """Put a host-identical pytree onto its global ``shardings`` (works across processes: every
+    process provides the same full value, as for a freshly initialised or restored state)."""
+    return jax.tree.map(_place_leaf, state, shardings)
+
+
+def shard_batch(local_batch, sharding: NamedSharding):
+    """Global ``jax.Array``s from each process's rows of the batch (JAX
+    ``make_array_from_process_local_data``); the global batch is the processes' rows in order."""
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+    )
+
+
+def compile_train_step(step: Callable, state_sharding, data_sharding: NamedSharding):
+    """``jax.jit`` of ``step(state, batch)`` with the state donated and kept on its shardings and
+    the batch split over ``data``; metrics come back replicated."""
+    metrics_sharding = NamedSharding(data_sharding.mesh, PartitionSpec())
+    return jax.jit(
+        step,
+        in_shardings=(state_sharding, data_sharding),
+        out_shardings=(state_sharding, metrics_sharding),
+        donate_argnums=0,
+    )

@@ -1,0 +1,358 @@
+"""Training state, optimiser, EMA and the pure train step.
+
+The train step is a pure function ``step(state, batch) -> (state, metrics)`` of a
+:class:`TrainState` pytree; it knows nothing of devices (``diffusion_jax.sharding`` compiles it
+over a mesh) and nothing of diffusion: it minimises the mean of any per-example loss
+``loss_fn(network, batch, key) -> (batch,)`` (e.g. ``diffusion_jax.losses.denoising_loss`` around a
+preconditioned network). Randomness is ``fold_in(state.key, state.step)``, so an interrupted and
+resumed run draws the same noise as an uninterrupted one.
+
+The network is a Flax NNX module, split once into a static graph definition and three states:
+trainable ``nnx.Param`` leaves (``state.params``, optimised and averaged), other variables such as
+fixed Fourier frequencies (``state.buffers``, carried unchanged), and RNG streams (dropout; reseeded
+from the step key inside the step, never carried).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+__all__ = [
+    "TrainState",
+    "NetworkParts",
+    "split_network",
+    "merge_network",
+    "make_optimizer",
+    "learning_rate_schedule",
+    "ema_constant",
+    "ema_half_life",
+    "ema_power",
+    "ema_update",
+    "create_train_state",
+    "CastNetwork",
+    "make_loss_and_grad",
+    "make_train_step",
+    "global_norm",
+    "stack_batches",
+]
+
+
+# -- state ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything a training run carries from step to step (a pytree; all fields are leaves).
+
+    ``step``: int32 scalar. ``params``: trainable ``nnx.Param`` state. ``buffers``: the network's
+    other non-RNG variables (not trained). ``opt_state``: optax state. ``ema``: dict name -> params
+    averaged with that name's decay. ``key``: typed base key; step ``k`` uses ``fold_in(key, k)``.
+    """
+
+    step: jax.Array
+    params: Any
+    buffers: Any
+    opt_state: Any
+    ema: dict
+    key: jax.Array
+
+    def replace(self, **changes):
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+jax.tree_util.register_dataclass(
+    TrainState,
+    data_fields=["step", "params", "buffers", "opt_state", "ema", "key"],
+    meta_fields=[],
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkParts:
+    """An NNX network split into graph definition, params, buffers and RNG state (Flax NNX
+    ``nnx.split`` with filters ``Param``, ``RngState``, ``...``)."""
+
+    graphdef: Any
+    params: Any
+    rng_state: Any
+    buffers: Any
+
+
+def split_network(network: nnx.Module) -> NetworkParts:
+    """Split an NNX module into :class:`NetworkParts` (Flax NNX ``nnx.split``)."""
+    graphdef, params, rng_state, buffers = nnx.split(network, nnx.Param, nnx.RngState, ...)
+    return NetworkParts(graphdef, params, rng_state, buffers)
+
+
+def merge_network(parts: NetworkParts, params=None, buffers=None, *, train=False, key=None):
+    """Rebuild the module from its parts (Flax NNX ``nnx.merge``), optionally with other params.
+
+    ``train=True`` puts it in training mode (dropout active) with every RNG stream reseeded from
+    ``key``; otherwise it is in evaluation mode (deterministic).
+    """
+    params = parts.params if params is None else params
+    buffers = parts.buffers if buffers is None else buffers
+    network = nnx.merge(parts.graphdef, params, parts.rng_state, buffers, copy=True)
+    if train:
+        network.train()
+        streams = _rng_stream_names(network)
+        if streams:
+            if key is None:
+                raise ValueError("a key is needed to reseed the network's RNG streams for training")
+            nnx.reseed(
+                network,
+                **{name: jax.random.fold_in(key, i) for i, name in enumerate(streams)},
+            )
+    else:
+        network.eval()
+    return network
+
+
+def _rng_stream_names(network) -> tuple[str, ...]:
+    return tuple(
+        sorted({node.tag for _, node in nnx.iter_graph(network) if isinstance(node, nnx.RngStream)})
+    )
+
+
+# -- optimiser --------------------------------------------------------------------------------
+
+
+def learning_rate_schedule(
+    *, learning_rate: float, warmup_steps: int = 0, total_steps: int | None = None, decay="constant"
+):
+    """Linear warm-up (Goyal et al. 2017, Sec. 2.2) then constant or cosine decay
+    (Loshchilov & Hutter 2017, SGDR eq. 5) to 0 at ``total_steps``."""
+    if learning_rate <= 0 or not math.isfinite(learning_rate):
+        raise ValueError(f"learning_rate must be positive and finite; got {learning_rate}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0; got {warmup_steps}")
+    if decay == "constant":
+        main = optax.constant_schedule(learning_rate)
+    elif decay == "cosine":
+        if total_steps is None or total_steps <= warmup_steps:
+            raise ValueError(
+                f"cosine decay needs total_steps > warmup_steps; got {total_steps}, {warmup_steps}"
+            )
+        main = optax.cosine_decay_schedule(learning_rate, total_steps - warmup_steps)
+    else:
+        raise ValueError(f"unknown learning-rate decay {decay!r}; expected 'constant' or 'cosine'")
+    if warmup_steps == 0:
+        return main
+    warmup = optax.linear_schedule(learning_rate / warmup_steps, learning_rate, warmup_steps)
+    return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def make_optimizer(
+    *,
+    learning_rate: float,
+    warmup_steps: int = 0,
+    total_steps: int | None = None,
+    decay: str = "constant",
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    grad_clip_norm: float | None = 1.0,
+):
+    """Adam(W) (Kingma & Ba 2015; Loshchilov & Hutter 2019) with global-norm gradient clipping
+    (Pascanu et al. 2013) and the warm-up/decay of :func:`learning_rate_schedule`.
+
+    Returns ``(optimizer, schedule)``.
+    """
+    schedule = learning_rate_schedule(
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+        decay=decay,
+    )
+    parts = []
+    if grad_clip_norm is not None:
+        if grad_clip_norm <= 0:
+            raise ValueError(f"grad_clip_norm must be positive or None; got {grad_clip_norm}")
+        parts.append(optax.clip_by_global_norm(grad_clip_norm))
+    parts.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+    return optax.chain(*parts), schedule
+
+
+# -- exponential moving averages --------------------------------------------------------------
+
+
+def ema_constant(decay: float) -> Callable:
+    """Fixed EMA decay ``beta`` per step (Polyak & Juditsky 1992; Song & Ermon 2020, Sec. 4.4)."""
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"EMA decay must be in [0, 1); got {decay}")
+    return lambda step: jnp.asarray(decay, jnp.float32)
+
+
+def ema_half_life(half_life_images: float, batch_size: int, rampup_ratio: float | None = None):
+    """EMA with a half-life in training images, ``beta = 0.5 ** (batch / half_life)``, optionally
+    capped at ``rampup_ratio * images_seen`` early on (Karras et al. 2022, EDM App. F.1:
+    ``ema_halflife_kimg``, ``ema_rampup_ratio``)."""
+    if half_life_images <= 0:
+        raise ValueError(f"EMA half-life must be positive; got {half_life_images}")
+
+    def decay(step):
+        half_life = jnp.asarray(half_life_images, jnp.float32)
+        if rampup_ratio is not None:
+            images_seen = (step + 1).astype(jnp.float32) * batch_size
+            half_life = jnp.minimum(half_life, images_seen * rampup_ratio)
+        return 0.5 ** (batch_size / jnp.maximum(half_life, 1e-8))
+
+    return decay
+
+
+def ema_power(gamma: float) -> Callable:
+    """Power-function EMA ``beta_t = (1 - 1/t)^(gamma + 1)`` at update ``t = step + 1``
+    (Karras et al. 2024, EDM2, eq. 2-3); ``sigma_rel = (gamma+1)^0.5 (gamma+2)^-1 (gamma+3)^-0.5``.
+    """
+    if gamma <= 0:
+        raise ValueError(f"power EMA needs gamma > 0; got {gamma}")
+    return lambda step: (1.0 - 1.0 / (step + 1).astype(jnp.float32)) ** (gamma + 1.0)
+
+
+def ema_update(ema_params, params, decay):
+    """``ema <- beta ema + (1 - beta) params`` leaf by leaf (Polyak averaging)."""
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def create_train_state(network: nnx.Module, optimizer, *, key, ema_names=()):
+    """Initial :class:`TrainState` and :class:`NetworkParts` of ``network`` (EMAs start at params).
+
+    ``key`` must be a typed key (``jax.random.key``).
+    """
+    if not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        raise ValueError("key must be a typed key from jax.random.key(seed)")
+    parts = split_network(network)
+    params = parts.params
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        buffers=parts.buffers,
+        opt_state=optimizer.init(params),
+        ema={name: jax.tree.map(jnp.copy, params) for name in ema_names},
+        key=key,
+    )
+    return state, parts
+
+
+# -- loss and gradient ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CastNetwork:
+    """Mixed precision: run ``network`` in ``dtype`` (e.g. bfloat16) on inputs cast to it and
+    return float32 (Micikevicius et al. 2018, "Mixed precision training"; state stays float32)."""
+
+    network: Any
+    dtype: Any
+
+    def __call__(self, x, c_noise, cond=None):
+        output = self.network(x.astype(self.dtype), c_noise.astype(self.dtype), cond)
+        return output.astype(jnp.float32)
+
+
+jax.tree_util.register_dataclass(CastNetwork, data_fields=["network"], meta_fields=["dtype"])
+
+
+def _cast_floats(tree, dtype):
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
+def make_loss_and_grad(parts: NetworkParts, loss_fn: Callable, *, compute_dtype=None):
+    """``fn(params, buffers, batch, key) -> (mean loss, grads)`` for a per-example
+    ``loss_fn(network, batch, key)`` (the gradient of the minibatch mean; Robbins & Monro 1951).
+
+    With ``compute_dtype`` the network runs in that dtype via :class:`CastNetwork` while the
+    gradient is taken with respect to the float32 params.
+    """
+
+    def mean_loss(params, buffers, batch, key):
+        network_key, loss_key = jax.random.split(key)
+        if compute_dtype is not None:
+            params = _cast_floats(params, compute_dtype)
+        network = merge_network(parts, params, buffers, train=True, key=network_key)
+        if compute_dtype is not None:
+            network = CastNetwork(network, compute_dtype)
+        losses = loss_fn(network, batch, loss_key)
+        if losses.ndim != 1:
+            raise ValueError(f"loss_fn must return per-example losses (batch,); got {losses.shape}")
+        return jnp.mean(losses.astype(jnp.float32))
+
+    return jax.value_and_grad(mean_loss)
+
+
+def make_train_step(
+    parts: NetworkParts,
+    loss_fn: Callable,
+    optimizer,
+    *,
+    ema_decays: Mapping[str, Callable] | None = None,
+    learning_rate=None,
+    compute_dtype=None,
+    steps_per_call: int = 1,
+):
+    """Pure ``step(state, batch) -> (state, metrics)``: one optimiser update on the minibatch
+    mean of ``loss_fn`` and an EMA update per entry of ``ema_decays`` (name -> decay(step)).
+
+    With ``steps_per_call > 1`` the batch carries a leading axis of that length (see
+    :func:`stack_batches`) and the steps run in a ``lax.scan`` in one dispatch (score_sde's
+    ``n_jitted_steps``); metrics then have that leading axis. ``learning_rate`` (a schedule) only
+    adds the current rate to the metrics. Metrics: ``loss``, ``grad_norm``, ``learning_rate``.
+    """
+    ema_decays = dict(ema_decays or {})
+    if steps_per_call < 1:
+        raise ValueError(f"steps_per_call must be >= 1; got {steps_per_call}")
+    loss_and_grad = make_loss_and_grad(parts, loss_fn, compute_dtype=compute_dtype)
+
+    def single_step(state: TrainState, batch):
+        key = jax.random.fold_in(state.key, state.step)
+        loss, grads = loss_and_grad(state.params, state.buffers, batch, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        if set(state.ema) != set(ema_decays):
+            raise ValueError(
+                f"state EMA names {sorted(state.ema)} != ema_decays names {sorted(ema_decays)}"
+            )
+        ema = {
+            name: ema_update(state.ema[name], params, decay(state.step))
+            for name, decay in ema_decays.items()
+        }
+        metrics = {"loss": loss, "grad_norm": global_norm(grads)}
+        if learning_rate is not None:
+            metrics["learning_rate"] = jnp.asarray(learning_rate(state.step), jnp.float32)
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, ema=ema
+        )
+        return new_state, metrics
+
+    if steps_per_call == 1:
+        return single_step
+
+    def multi_step(state: TrainState, batches):
+        return jax.lax.scan(single_step, state, batches, length=steps_per_call)
+
+    return multi_step
+
+
+def global_norm(tree):
+    """``sqrt(sum of squares)`` over all leaves (the norm clipped by Pascanu et al. 2013)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def stack_batches(batches):
+    """Stack a list of batch dicts along a new leading axis (input of a multi-step call)."""
+    if not batches:
+        raise ValueError("stack_batches needs at least one batch")
+    return jax.tree.map(lambda *xs: np.stack(xs), *batches)

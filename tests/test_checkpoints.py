@@ -1,0 +1,165 @@
+"""Checkpoints: round trip, exact resume, EMA-only loading, corrupt-checkpoint fallback."""
+
+import functools
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _multihost_worker import batches, tiny_problem
+
+from diffusion_jax import checkpoints, sharding, training
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import train as train_cli  # noqa: E402  (the CLI's name -> constructor table)
+from configs import tiny  # noqa: E402
+
+
+@functools.cache
+def _fresh():
+    """Initial state and one jitted step, shared by the tests (compiled once)."""
+    network, loss_fn, optimizer, schedule, ema = tiny_problem()
+    state, parts = training.create_train_state(
+        network, optimizer, key=jax.random.key(0), ema_names=tuple(ema)
+    )
+    step = jax.jit(training.make_train_step(parts, loss_fn, optimizer, ema_decays=ema))
+    return state, step
+
+
+def _assert_trees_equal(a, b):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_round_trip_onto_sharding(tmp_path):
+    state, step = _fresh()
+    for batch in batches(num_steps=2):
+        state, _ = step(state, batch)
+    manager = checkpoints.make_manager(tmp_path)
+    checkpoints.save(manager, state, {"name": "round trip"})
+    manager.wait_until_finished()
+    target, _ = _fresh()  # same structure, initial values
+    mesh = sharding.make_mesh()
+    shardings = sharding.state_shardings(target, mesh)
+    restored, config = checkpoints.restore_train_state(
+        checkpoints.make_manager(tmp_path), target, shardings=shardings
+    )
+    assert config == {"name": "round trip"}
+    assert int(restored.step) == 2
+    _assert_trees_equal(restored, state)
+    assert all(
+        leaf.sharding == sharding.replicated(mesh) for leaf in jax.tree.leaves(restored.params)
+    )
+
+
+def test_resume_is_exact(tmp_path):
+    data = batches(num_steps=6)
+    state, step = _fresh()
+    uninterrupted = []
+    for batch in data:
+        state, metrics = step(state, batch)
+        uninterrupted.append(float(metrics["loss"]))
+
+    state, step = _fresh()
+    resumed = []
+    manager = checkpoints.make_manager(tmp_path)
+    for batch in data[:3]:
+        state, metrics = step(state, batch)
+        resumed.append(float(metrics["loss"]))
+    checkpoints.save(manager, state, {})
+    manager.wait_until_finished()
+    del state
+    target, step = _fresh()
+    state, _ = checkpoints.restore_train_state(checkpoints.make_manager(tmp_path), target)
+    for batch in data[int(state.step):]:
+        state, metrics = step(state, batch)
+        resumed.append(float(metrics["loss"]))
+    assert resumed == uninterrupted
+
+
+@functools.cache
+def _tiny_problem():
+    config = tiny.get_config()
+    network, wrap = train_cli.build_model(config)
+    emas = train_cli.ema_schedules(config)
+    optimizer, _ = training.make_optimizer(learning_rate=1e-2)
+    state, parts = training.create_train_state(
+        network, optimizer, key=jax.random.key(0), ema_names=tuple(emas)
+    )
+    step = jax.jit(training.make_train_step(
+        parts, train_cli.make_loss_fn(config, wrap), optimizer, ema_decays=emas
+    ))
+    return config, wrap, parts, state, step
+
+
+def _tiny_run(tmp_path, num_steps, *, save_every=1):
+    """Train the CLI's tiny config a few steps, saving each step; return the states saved."""
+    config, wrap, parts, state, step = _tiny_problem()
+    manager = checkpoints.make_manager(tmp_path, max_to_keep=5)
+    saved = []
+    for batch in batches(num_steps=num_steps, batch_size=32):
+        state, _ = step(state, batch)
+        if int(state.step) % save_every == 0:
+            checkpoints.save(manager, state, config.to_dict())
+            saved.append(state)
+    manager.wait_until_finished()
+    manager.close()
+    return config, wrap, parts, saved
+
+
+def test_load_denoiser_restores_ema_params(tmp_path):
+    config, wrap, parts, saved = _tiny_run(tmp_path, 3)
+    final = saved[-1]
+    denoiser, loaded_config = checkpoints.load_denoiser(tmp_path, build=train_cli.build_model)
+    assert loaded_config["model"]["hidden_dim"] == config.model.hidden_dim
+    (ema_name,) = final.ema
+    from flax import nnx
+
+    _assert_trees_equal(nnx.state(denoiser.network, nnx.Param), final.ema[ema_name])
+    replicated = sharding.replicated(sharding.make_mesh())
+    raw, _ = checkpoints.load_denoiser(
+        tmp_path, build=train_cli.build_model, ema=False, sharding=replicated
+    )
+    _assert_trees_equal(nnx.state(raw.network, nnx.Param), final.params)
+    assert all(x.sharding == replicated for x in jax.tree.leaves(nnx.state(raw.network)))
+    # the EMA lags behind the params, so the two denoisers differ
+    x = jnp.ones((4, 2))
+    expected = wrap(training.merge_network(parts, final.ema[ema_name], final.buffers))(x, 0.7)
+    np.testing.assert_allclose(denoiser(x, 0.7), expected, rtol=1e-6)
+    assert not np.allclose(denoiser(x, 0.7), raw(x, 0.7))
+    with pytest.raises(checkpoints.CheckpointError, match="unknown EMA"):
+        checkpoints.load_denoiser(tmp_path, build=train_cli.build_model, ema="nope")
+
+
+def test_truncated_checkpoint_falls_back_to_previous(tmp_path, capsys):
+    config, wrap, parts, saved = _tiny_run(tmp_path, 2)
+    latest = tmp_path / "checkpoints" / "2"
+    for root, _, files in os.walk(latest / "ema"):
+        for name in files:
+            with open(os.path.join(root, name), "r+b") as f:
+                f.truncate(0)
+    denoiser, _ = checkpoints.load_denoiser(tmp_path, build=train_cli.build_model)
+    assert "step 2" in capsys.readouterr().out
+    from flax import nnx
+
+    (ema_name,) = saved[0].ema
+    _assert_trees_equal(nnx.state(denoiser.network, nnx.Param), saved[0].ema[ema_name])
+
+
+def test_never_saves_a_non_finite_state(tmp_path):
+    state, _ = _fresh()
+    bad = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
+    manager = checkpoints.make_manager(tmp_path)
+    with pytest.raises(checkpoints.CheckpointError, match="non-finite"):
+        checkpoints.save(manager, bad, {})
+    manager.wait_until_finished()
+    assert manager.all_steps() == []
+    with pytest.raises(checkpoints.CheckpointError, match="no checkpoint"):
+        checkpoints.restore_train_state(manager, state)
