@@ -77,6 +77,16 @@ def test_train_then_sample_beats_untrained_model(tmp_path):
     assert trained_distance < 0.25 * untrained_distance
     assert trained_distance < 5 * reference + 0.05
 
+    # evaluate.py on the same checkpoint: a JSON report whose metrics see a good model.
+    report_path = tmp_path / "report.json"
+    result = _run("evaluate.py", "--workdir", str(tmp_path), "--num_samples", "500",
+                  "--output", str(report_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    quality = json.loads(report_path.read_text())["sample_quality"]
+    assert quality["num_samples"] == 500 and quality["feature_network"] == "identity"
+    assert quality["fid"] < 0.1
+    assert quality["precision"] > 0.6 and quality["recall"] > 0.6
+
 
 def test_event_file_is_readable_by_tensorflow(tmp_path):
     tf = pytest.importorskip("tensorflow")
