@@ -224,28 +224,16 @@ class VP(Process):
 
 
 @_pytree
-class SubVP(Process):
+class SubVP(VP):
     """Sub-VP SDE (Song et al. 2021, eq. 12): VP's mean, marginal std ``1 - alpha^2``."""
-
-    beta_min: float = 0.1
-    beta_max: float = 20.0
-    t_max: float = 1.0
-
-    def beta(self, t):
-        """Instantaneous noise rate ``beta(t) = bmin + t (bmax - bmin)``."""
-        return self.beta_min + t * (self.beta_max - self.beta_min)
-
-    def alpha(self, t):
-        return jnp.exp(_vp_log_alpha(t, self.beta_min, self.beta_max))
 
     def sigma(self, t):
         return -jnp.expm1(2.0 * _vp_log_alpha(t, self.beta_min, self.beta_max))
 
-    def d_alpha(self, t):
-        return -0.5 * self.beta(t) * self.alpha(t)
-
     def d_sigma(self, t):
         return -2.0 * self.alpha(t) * self.d_alpha(t)
+
+    ve_sigma = Process.ve_sigma
 
     def t_of_ve_sigma(self, ve_sigma):
         # (1 - a^2) / a = s  =>  a = (sqrt(s^2 + 4) - s) / 2 = 2 / (sqrt(s^2 + 4) + s).
