@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax.data.images import dequantize
 from diffusion_jax.denoisers import probability_flow_derivative
 from diffusion_jax.processes import Process, check_sigma
 
@@ -48,7 +49,6 @@ __all__ = [
     "log_likelihood",
     "process_log_likelihood",
     "bits_per_dim",
-    "dequantize",
     "gaussian_prior_log_prob",
     "num_function_evaluations",
 ]
@@ -157,8 +157,9 @@ def _hutchinson_vector_field(u, state, args):
 @functools.partial(
     jax.jit, static_argnames=("solver", "exact", "num_steps", "max_steps", "adjoint")
 )
-def _solve_batch(denoiser, x, cond, probes, u0, u1, rtol, atol, *, solver, exact, num_steps,
-                 max_steps, adjoint):
+def _solve_batch(
+    denoiser, x, cond, probes, u0, u1, rtol, atol, *, solver, exact, num_steps, max_steps, adjoint
+):
     """One Diffrax solve per example (``vmap``): ``(x(sigma_max), int div, attempted steps)``."""
     if num_steps is None:
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
@@ -282,8 +283,19 @@ def log_likelihood(
     u0 = jnp.log(jnp.asarray(sigma_min, x.dtype))
     u1 = jnp.log(jnp.asarray(sigma_max, x.dtype))
     x_end, delta_log_p, steps = _solve_batch(
-        denoiser, x, cond, probes, u0, u1, jnp.asarray(rtol, x.dtype), jnp.asarray(atol, x.dtype),
-        solver=solver, exact=exact, num_steps=num_steps, max_steps=max_steps, adjoint=adjoint,
+        denoiser,
+        x,
+        cond,
+        probes,
+        u0,
+        u1,
+        jnp.asarray(rtol, x.dtype),
+        jnp.asarray(atol, x.dtype),
+        solver=solver,
+        exact=exact,
+        num_steps=num_steps,
+        max_steps=max_steps,
+        adjoint=adjoint,
     )
     if prior_log_prob is None:
         prior = gaussian_prior_log_prob(x_end, jnp.exp(u1))
@@ -323,22 +335,14 @@ def process_log_likelihood(
         return prior_process(alpha_max * y) + dims * jnp.log(alpha_max)
 
     log_p_ve, nfe = log_likelihood(
-        denoiser, x / alpha_eps, sigma_min=sigma_min, sigma_max=sigma_max,
-        prior_log_prob=prior_ve, **options,
+        denoiser,
+        x / alpha_eps,
+        sigma_min=sigma_min,
+        sigma_max=sigma_max,
+        prior_log_prob=prior_ve,
+        **options,
     )
     return log_p_ve - dims * jnp.log(alpha_eps), nfe
-
-
-def dequantize(key, x_int, *, num_bits=8, data_range=(-1.0, 1.0), dtype=None):
-    """Uniform dequantisation ``u = (x_int + U[0,1)) / 2^bits`` then ``lo + (hi - lo) u``
-    (Theis et al. 2016, "A note on the evaluation of generative models", Sec. 3.1; Ho et al.
-    2019, "Flow++", Sec. 3.1)."""
-    levels = 2**num_bits
-    dtype = jnp.result_type(float) if dtype is None else dtype
-    uniform = jax.random.uniform(key, jnp.shape(x_int), dtype)
-    unit = (jnp.asarray(x_int, dtype) + uniform) / levels
-    lo, hi = data_range
-    return lo + (hi - lo) * unit
 
 
 def _check_integer_data(x_int, num_bits):
@@ -402,7 +406,7 @@ def bits_per_dim(
     num = num_dequantization_samples
     dequantization_key, likelihood_key = jax.random.split(key)
     x_model = jax.vmap(
-        lambda k: dequantize(k, x_int, num_bits=num_bits, data_range=data_range, dtype=dtype)
+        lambda k: lo + (hi - lo) * dequantize(x_int, k, num_bits=num_bits, dtype=dtype)
     )(jax.random.split(dequantization_key, num))
     x_model = x_model.reshape((num * batch, *x_int.shape[1:]))
     cond = likelihood_options.pop("cond", None)
@@ -414,7 +418,11 @@ def bits_per_dim(
         )
     else:
         log_p, nfe = process_log_likelihood(
-            denoiser, x_model, process=process, key=likelihood_key, cond=cond,
+            denoiser,
+            x_model,
+            process=process,
+            key=likelihood_key,
+            cond=cond,
             **likelihood_options,
         )
     log_p = log_p.reshape(num, batch)

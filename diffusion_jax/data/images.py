@@ -16,6 +16,8 @@ A model trained on ``x`` in ``[-1, 1)`` reports bits/dim with the ``+7`` offset 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,25 +33,29 @@ __all__ = [
 ]
 
 DIGITS_NUM_CLASSES = 10
-_ONE_BELOW = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
 
 
 # -- preprocessing ------------------------------------------------------------------------------
 
 
-def dequantize(images_uint8, key):
-    """Uniform dequantisation ``(x + U[0, 1)) / 256`` in ``[0, 1)`` as float32 (Theis et al. 2016,
-    Sec. 3.1). Float32 rounding of ``255 + u`` is clipped below 1 so the range stays half-open."""
-    images = jnp.asarray(images_uint8)
-    if images.dtype != jnp.uint8:
-        raise ValueError(f"dequantize expects uint8 images in 0..255; got dtype {images.dtype}")
-    return _dequantize(images, key)
+def dequantize(images, key, *, num_bits=8, dtype=jnp.float32):
+    """Uniform dequantisation ``(x + U[0, 1)) / 2^num_bits`` in ``[0, 1)`` (Theis et al. 2016,
+    Sec. 3.1; Ho et al. 2019, "Flow++", Sec. 3.1). ``images`` are integers in ``0..2^bits - 1``
+    (uint8 for 8 bits). Rounding of ``2^bits - 1 + u`` is clipped below 1 so the range stays
+    half-open."""
+    images = jnp.asarray(images)
+    if not jnp.issubdtype(images.dtype, jnp.integer):
+        raise ValueError(
+            f"dequantize expects integer images (uint8 for 8 bits) in 0..2^bits-1; got dtype {images.dtype}"
+        )
+    return _dequantize(images, key, num_bits, jnp.dtype(dtype))
 
 
-@jax.jit
-def _dequantize(images, key):
-    noise = jax.random.uniform(key, images.shape, jnp.float32)
-    return jnp.minimum((images.astype(jnp.float32) + noise) / 256.0, _ONE_BELOW)
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _dequantize(images, key, num_bits, dtype):
+    noise = jax.random.uniform(key, images.shape, dtype)
+    below_one = jnp.nextafter(jnp.ones((), dtype), jnp.zeros((), dtype))
+    return jnp.minimum((images.astype(dtype) + noise) / 2.0**num_bits, below_one)
 
 
 def to_model_range(x01):
@@ -78,7 +84,7 @@ def center_crop_resize(images_uint8, size, *, crop_size=None):
     if not 0 < crop <= min(height, width):
         raise ValueError(f"crop_size {crop} must lie in [1, min(H, W) = {min(height, width)}]")
     top, left = (height - crop) // 2, (width - crop) // 2
-    cropped = images[:, top:top + crop, left:left + crop]
+    cropped = images[:, top : top + crop, left : left + crop]
     output = np.empty((images.shape[0], size, size, channels), np.uint8)
     for index, image in enumerate(cropped):
         pil = Image.fromarray(image[..., 0] if channels == 1 else image)
@@ -225,5 +231,3 @@ def _check_process(process_index, process_count, *, default):
     if not (isinstance(process_index, int) and 0 <= process_index < process_count):
         raise ValueError(f"process_index must lie in [0, {process_count}); got {process_index!r}")
     return process_index, process_count
-
-
