@@ -90,6 +90,7 @@ def expand(coefficient, x):
 def scan_steps(step, carry, xs, get_x, return_trajectory):
     """Run ``lax.scan(step, carry, xs)``; also return the stacked states ``get_x(carry)``."""
     if return_trajectory:
+
         def traced_step(carry, inputs):
             carry = step(carry, inputs)
             return carry, get_x(carry)
@@ -124,3 +125,16 @@ def interior_inputs(sigmas):
 def all_inputs(sigmas):
     """Per-step inputs of every step: ``(sigma, sigma_next, index)``."""
     return sigmas[:-1], sigmas[1:], jnp.arange(sigmas.shape[0] - 1)
+
+
+def run_multistep(
+    step, carry, inputs, denoiser, sigmas, cond, x_start, warmup_states, return_trajectory
+):
+    """Scan a multistep method whose carry starts with ``x``, take the final step to 0 as
+    ``D(x, sigma_{N-1})``, and assemble the trajectory (``warmup_states``: states produced before
+    the scan, at most one)."""
+    carry, states = scan_steps(step, carry, inputs, lambda c: c[0], return_trajectory)
+    x0 = denoise(denoiser, carry[0], sigmas[-2], cond)
+    if return_trajectory and warmup_states:
+        states = jnp.concatenate([warmup_states[0][None], states], axis=0)
+    return finish(x0, x_start, states, [x0], return_trajectory)

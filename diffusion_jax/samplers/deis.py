@@ -16,9 +16,8 @@ from diffusion_jax.samplers._core import (
     check_order,
     denoise,
     expand,
-    finish,
     interior_inputs,
-    scan_steps,
+    run_multistep,
 )
 from diffusion_jax.samplers._lagrange import exponential_moments, lagrange_weights
 from diffusion_jax.samplers.dpm_solver import step_orders
@@ -82,13 +81,17 @@ def deis(
         carry = (x_first, history, lambdas)
         sigma, sigma_next, index, orders = sigma[1:], sigma_next[1:], index[1:], orders[1:]
         warmup_states = [x_first]
-    carry, states = scan_steps(
-        step, carry, (sigma, sigma_next, index, orders), lambda c: c[0], return_trajectory
+    return run_multistep(
+        step,
+        carry,
+        (sigma, sigma_next, index, orders),
+        denoiser,
+        sigmas,
+        cond,
+        x_start,
+        warmup_states,
+        return_trajectory,
     )
-    x0 = denoise(denoiser, carry[0], sigmas[-2], cond)
-    if return_trajectory and warmup_states:
-        states = jnp.concatenate([warmup_states[0][None], states], axis=0)
-    return finish(x0, x_start, states, [x0], return_trajectory)
 
 
 def _dpm_solver_2_noise_step(denoiser, x, eps, sigma, sigma_next, cond):

@@ -21,6 +21,7 @@ from diffusion_jax.samplers._core import (
     expand,
     finish,
     interior_inputs,
+    run_multistep,
     safe_sqrt,
     scan_steps,
     step_noise,
@@ -209,13 +210,17 @@ def _multistep(
         carry = (x_first, x0_hat, zeros, jnp.log(sigmas[0] / sigmas[1]), ones)
         sigma, sigma_next, index, orders = sigma[1:], sigma_next[1:], index[1:], orders[1:]
         warmup_states = [x_first]
-    carry, states = scan_steps(
-        step, carry, (sigma, sigma_next, index, orders), lambda c: c[0], return_trajectory
+    return run_multistep(
+        step,
+        carry,
+        (sigma, sigma_next, index, orders),
+        denoiser,
+        sigmas,
+        cond,
+        x_start,
+        warmup_states,
+        return_trajectory,
     )
-    x0 = denoise(denoiser, carry[0], sigmas[-2], cond)
-    if return_trajectory and warmup_states:
-        states = jnp.concatenate([warmup_states[0][None], states], axis=0)
-    return finish(x0, x_start, states, [x0], return_trajectory)
 
 
 def dpmpp_2m(
@@ -254,7 +259,16 @@ def dpmpp_3m(
     """
     del key
     return _multistep(
-        denoiser, noise, sigmas, None, cond, return_trajectory, 3, 0.0, 1.0, lower_order_final,
+        denoiser,
+        noise,
+        sigmas,
+        None,
+        cond,
+        return_trajectory,
+        3,
+        0.0,
+        1.0,
+        lower_order_final,
         singlestep_warmup,
     )
 
