@@ -84,6 +84,10 @@ def test_deterministic_limits_of_stochastic_samplers(x64):
         samplers.edm_stochastic(mixture, noise, sigmas, key=key, s_churn=0.0),
         samplers.heun(mixture, noise, sigmas), rtol=1e-12,
     )
+    np.testing.assert_allclose(  # no churn: no key needed
+        samplers.edm_stochastic(mixture, noise, sigmas, s_churn=0.0),
+        samplers.heun(mixture, noise, sigmas), rtol=1e-12,
+    )
 
 
 def test_predictor_corrector_without_corrector_is_its_predictor(x64):

@@ -98,6 +98,8 @@ def edm_stochastic(
 
     NFE for a grid of N steps: 2N - 1.
     """
+    if key is None and s_churn == 0:
+        key = jax.random.key(0)  # without churn no noise is drawn into the result
     check_key(key, "edm_stochastic")
     noise, sigmas = check_inputs(noise, sigmas)
     num_steps = sigmas.shape[0] - 1
