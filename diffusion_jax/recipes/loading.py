@@ -1,0 +1,83 @@
+"""Runs open themselves: ``load(workdir)`` rebuilds a run's denoiser from the model spec stored
+in its checkpoint, with the installed package alone (no ``train.py``, no ``configs/``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+from diffusion_jax import checkpoints
+from diffusion_jax.recipes.builders import (
+    as_config,
+    denoiser_from_spec,
+    model_spec,
+    network_from_spec,
+)
+
+__all__ = ["Run", "load", "spec_of", "check_run_directory"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A loaded run: ``denoiser(x, sigma, cond) -> x0_hat`` (a jittable pytree), the run's
+    ``config`` (``ConfigDict``), its model ``spec``, the checkpoint ``step`` and the ``ema`` name
+    the weights came from (``None`` for the raw parameters)."""
+
+    denoiser: Any
+    config: Any
+    spec: dict
+    step: int
+    ema: str | None
+
+
+def check_run_directory(workdir):
+    """Raise a one-line ``FileNotFoundError`` unless ``workdir`` holds a run's checkpoints
+    (never creates anything)."""
+    workdir = os.fspath(workdir)
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"run directory {workdir} does not exist")
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(f"{workdir} is not a training run (no checkpoints/ directory)")
+    return workdir
+
+
+def spec_of(config, stored_spec=None):
+    """The stored model spec, or for checkpoints written before specs existed the spec derived
+    from their stored config (same fields, same result)."""
+    return stored_spec if stored_spec is not None else model_spec(config)
+
+
+def _ema_choice(ema):
+    if ema in (True, "first"):
+        return True
+    if ema in (False, "raw", None):
+        return False
+    return ema
+
+
+def load(workdir, *, step: int | None = None, ema: bool | str = "first",
+         build: Callable | None = None, sharding=None) -> Run:
+    """Load the run in ``workdir``: the newest readable checkpoint (or exactly ``step``), the
+    first EMA (``ema="first"``), the raw parameters (``"raw"``) or a named EMA.
+
+    ``build(config) -> (network, wrap)`` overrides the spec for custom networks. ``sharding``
+    places the restored arrays. Config, spec and weights all come from the same step.
+    """
+    check_run_directory(workdir)
+
+    def build_from_spec(config, spec=None):
+        spec = spec_of(as_config(config), spec)
+        network = network_from_spec(spec)
+        return network, (lambda net: denoiser_from_spec(spec, net))
+
+    loaded = checkpoints.load_run(
+        workdir, build=build or build_from_spec, ema=_ema_choice(ema), step=step,
+        sharding=sharding,
+    )
+    config = as_config(loaded.config)
+    return Run(
+        denoiser=loaded.denoiser, config=config, spec=spec_of(config, loaded.spec),
+        step=loaded.step, ema=loaded.ema,
+    )
