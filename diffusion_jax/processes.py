@@ -182,10 +182,17 @@ def _vp_log_alpha(t, beta_min, beta_max):
     return -0.25 * t**2 * (beta_max - beta_min) - 0.5 * t * beta_min
 
 
-def _vp_t_of_log_alpha(log_alpha, beta_min, beta_max):
-    """Root in ``t >= 0`` of ``(bmax - bmin) t^2 / 4 + bmin t / 2 + log_alpha = 0``."""
+def _vp_t_of_neg_log_alpha(neg_log_alpha, beta_min, beta_max):
+    """Root in ``t >= 0`` of ``(bmax - bmin) t^2 / 4 + bmin t / 2 = a`` with ``a = -log alpha``.
+
+    Written as ``4 a / (sqrt(bmin^2 + 4 (bmax - bmin) a) + bmin)`` (the quadratic formula with its
+    numerator rationalised) so nothing cancels as ``a -> 0`` and ``bmax = bmin`` needs no special
+    case; the denominator vanishes only for ``a = bmin = 0``, where ``t = 0``.
+    """
     delta = beta_max - beta_min
-    return (jnp.sqrt(beta_min**2 - 4.0 * delta * log_alpha) - beta_min) / delta
+    denominator = jnp.sqrt(beta_min**2 + 4.0 * delta * neg_log_alpha) + beta_min
+    safe = jnp.where(denominator > 0, denominator, 1.0)
+    return 4.0 * neg_log_alpha / safe
 
 
 @_pytree
@@ -220,7 +227,7 @@ class VP(Process):
 
     def t_of_ve_sigma(self, ve_sigma):
         # alpha = 1 / sqrt(1 + s^2)  (EDM Table 1, "VP" sigma^-1).
-        return _vp_t_of_log_alpha(-0.5 * jnp.log1p(ve_sigma**2), self.beta_min, self.beta_max)
+        return _vp_t_of_neg_log_alpha(0.5 * jnp.log1p(ve_sigma**2), self.beta_min, self.beta_max)
 
 
 @_pytree
@@ -236,9 +243,9 @@ class SubVP(VP):
     ve_sigma = Process.ve_sigma
 
     def t_of_ve_sigma(self, ve_sigma):
-        # (1 - a^2) / a = s  =>  a = (sqrt(s^2 + 4) - s) / 2 = 2 / (sqrt(s^2 + 4) + s).
-        alpha = 2.0 / (jnp.sqrt(ve_sigma**2 + 4.0) + ve_sigma)
-        return _vp_t_of_log_alpha(jnp.log(alpha), self.beta_min, self.beta_max)
+        # (1 - a^2) / a = s  =>  a = 2 / (sqrt(s^2 + 4) + s)  =>  -log a = asinh(s / 2),
+        # which (unlike log of a number near 1) keeps full relative precision as s -> 0.
+        return _vp_t_of_neg_log_alpha(jnp.arcsinh(0.5 * ve_sigma), self.beta_min, self.beta_max)
 
 
 @_pytree
@@ -299,33 +306,62 @@ class EDM(Process):
 class Cosine(Process):
     """Cosine schedule (Nichol & Dhariwal 2021, eq. 17) in continuous time, t in [0, 1].
 
-    ``alpha = cos(pi/2 (t + s)/(1 + s)) / cos(pi/2 s/(1 + s))``, ``sigma = sqrt(1 - alpha^2)``.
-    ``alpha(1) = 0``, so the VE-frame noise level is infinite at ``t = 1``.
+    ``alpha = cos(theta(t)) / cos(theta_0)`` with ``theta(t) = pi/2 (t + s)/(1 + s)``,
+    ``theta_0 = theta(0)``, and ``sigma = sqrt(1 - alpha^2)``. ``alpha(1) = 0``, so the VE-frame
+    noise level is infinite at ``t = 1``.
+
+    Float32 near the data end: ``1 - alpha^2`` is evaluated as
+    ``sin(theta - theta_0) sin(theta + theta_0) / cos^2 theta_0`` (``cos^2 a - cos^2 b =
+    sin(b - a) sin(b + a)``) with ``theta - theta_0 = pi/2 t/(1 + s)`` taken from ``t`` directly,
+    and :meth:`t_of_ve_sigma` through a difference of tangents, so neither cancels as
+    ``sigma -> 0`` (round trips hold to float32 rounding down to ``sigma = 1e-5``).
+
+    DDPM's discrete ``squaredcos_cap_v2`` schedule with ``N`` steps (improved DDPM; diffusers'
+    ``betas_for_alpha_bar``) has ``alpha_bar_i = alpha((i + 1) / N)^2`` for ``i < N - 1`` (the last
+    step's beta is capped at 0.999, so ``alpha_bar_{N-1} > 0 = alpha(1)^2``): a network trained on
+    it takes index ``i = N t - 1``. :class:`DiscreteVP` reproduces the capped table exactly.
     """
 
     s: float = 0.008
     t_max: float = 1.0
 
+    def _rate(self):
+        return 0.5 * jnp.pi / (1.0 + self.s)
+
     def _angle(self, t):
-        return 0.5 * jnp.pi * (t + self.s) / (1.0 + self.s)
+        return self._rate() * (t + self.s)
+
+    def _one_minus_alpha_cos_squared(self, t):
+        """``cos^2 theta_0 - cos^2 theta(t) = sin(theta - theta_0) sin(theta + theta_0)``."""
+        return jnp.sin(self._rate() * t) * jnp.sin(self._angle(t) + self._angle(0.0))
 
     def alpha(self, t):
         return jnp.cos(self._angle(t)) / jnp.cos(self._angle(0.0))
 
     def sigma(self, t):
-        return jnp.sqrt(jnp.clip(1.0 - self.alpha(t) ** 2, 0.0))
+        product = jnp.maximum(self._one_minus_alpha_cos_squared(t), 0.0)
+        return jnp.sqrt(product) / jnp.cos(self._angle(0.0))
 
     def d_alpha(self, t):
-        rate = 0.5 * jnp.pi / (1.0 + self.s)
-        return -rate * jnp.sin(self._angle(t)) / jnp.cos(self._angle(0.0))
+        return -self._rate() * jnp.sin(self._angle(t)) / jnp.cos(self._angle(0.0))
 
     def d_sigma(self, t):
         return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
 
+    def ve_sigma(self, t):
+        product = jnp.maximum(self._one_minus_alpha_cos_squared(t), 0.0)
+        return jnp.sqrt(product) / jnp.cos(self._angle(t))
+
     def t_of_ve_sigma(self, ve_sigma):
-        alpha = jax.lax.rsqrt(1.0 + ve_sigma**2)
-        angle = jnp.arccos(jnp.clip(alpha * jnp.cos(self._angle(0.0)), -1.0, 1.0))
-        return angle * (1.0 + self.s) / (0.5 * jnp.pi) - self.s
+        # cos(theta) = cos(theta_0) / sqrt(1 + s^2)  =>  tan(theta) = hypot(sin theta_0, s) /
+        # cos theta_0; theta - theta_0 = atan2(tan theta - tan theta_0, 1 + tan theta tan theta_0)
+        # with tan theta - tan theta_0 = s^2 / ((hypot + sin theta_0) cos theta_0): no cancellation.
+        sin0, cos0 = jnp.sin(self._angle(0.0)), jnp.cos(self._angle(0.0))
+        ve_sigma = jnp.asarray(ve_sigma)
+        hypot = jnp.hypot(sin0, ve_sigma)
+        numerator = ve_sigma * (ve_sigma / (hypot + sin0)) * cos0
+        difference = jnp.arctan2(numerator, cos0**2 + hypot * sin0)
+        return difference / self._rate()
 
 
 @_pytree
