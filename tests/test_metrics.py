@@ -225,16 +225,18 @@ def _torch_layout_weights(model):
             arrays[f"{prefix}.bn.running_mean"] = np.asarray(node.mean[...])
             arrays[f"{prefix}.bn.running_var"] = np.asarray(node.var[...])
     arrays["fc.weight"] = np.asarray(model.fc_kernel[...]).T
-    arrays["fc.bias"] = np.asarray(model.fc_bias[...])
+    # A non-zero bias, as in the real checkpoint: the Inception Score's logits must ignore it.
+    arrays["fc.bias"] = np.linspace(-3.0, 3.0, model.fc_kernel[...].shape[1], dtype=np.float32)
     return arrays
 
 
 def test_inception_reference_architecture_shapes_and_weight_loading(tmp_path):
     model = InceptionV3(rngs=nnx.Rngs(0))
     # torchvision inception_v3 has 27,161,264 parameters; without its auxiliary head (3,326,696)
-    # and with 1008 instead of 1000 logits (+16,392) that is 23,850,960.
+    # and with 1008 instead of 1000 logits (+16,392) that is 23,850,960; the unused final bias
+    # (the Inception Score takes unbiased logits) is not stored: 23,849,952.
     num_params = sum(np.size(leaf) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    assert num_params == 23_850_960
+    assert num_params == 23_849_952
     shapes = {name: value.shape for name, value in
               jax.eval_shape(model.blocks, jnp.zeros((1, 299, 299, 3))).items()}
     assert shapes["stem"] == (1, 35, 35, 192)
@@ -258,10 +260,39 @@ def test_inception_reference_architecture_shapes_and_weight_loading(tmp_path):
     pool3, logits = forward(state, x)
     assert pool3.shape == (1, 2048) and logits.shape == (1, 1008)
     assert bool(jnp.all(jnp.isfinite(logits))) and bool(jnp.all(pool3 >= 0))
-    pool3_loaded, _ = forward(nnx.state(loaded), x)
+    pool3_loaded, logits_loaded = forward(nnx.state(loaded), x)
     np.testing.assert_allclose(pool3_loaded, pool3, rtol=1e-5, atol=1e-6)
+    # Unbiased logits (original IS code, torch-fidelity, torchmetrics): pool3 @ W^T, no fc.bias.
+    weights = np.load(path)
+    np.testing.assert_allclose(logits_loaded, np.asarray(pool3_loaded) @ weights["fc.weight"].T,
+                               rtol=1e-5, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="no download|not found"):
         load_inception(str(tmp_path / "missing.npz"))
+
+
+def _precisions(jaxpr, primitives=("conv_general_dilated", "dot_general")):
+    """``precision`` of every convolution / matmul in a jaxpr and its sub-jaxprs."""
+    found = []
+    for equation in jaxpr.eqns:
+        if equation.primitive.name in primitives:
+            found.append(equation.params["precision"])
+        for value in equation.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None:
+                    found += _precisions(getattr(inner, "jaxpr", inner), primitives)
+    return found
+
+
+def test_inception_features_run_at_highest_precision():
+    """Every convolution and matmul of the feature extractor is pinned to HIGHEST (the backend
+    default may be TF32 / bf16 on GPU and TPU): 94 convolutions + the logits matmul."""
+    model = InceptionV3(rngs=nnx.Rngs(0))
+    images = jnp.zeros((1, 299, 299, 3))
+    precisions = _precisions(jax.make_jaxpr(model)(images).jaxpr)
+    assert len(precisions) == 95
+    highest = jax.lax.Precision.HIGHEST
+    assert all(p is not None and all(q == highest for q in p) for p in precisions), precisions
 
 
 def test_preprocess_uint8_and_model_range_agree():
@@ -285,4 +316,8 @@ def test_inception_features_match_pytorch_reference():
         pytest.skip("weight file has no stored PyTorch reference features")
     pool3, logits = load_inception(path)(jnp.asarray(reference["reference.input"]))
     np.testing.assert_allclose(pool3, reference["reference.pool3"], rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(logits, reference["reference.logits"], rtol=1e-3, atol=1e-2)
+    if "reference.logits_unbiased" in reference.files:
+        expected = reference["reference.logits_unbiased"]
+    else:  # files converted before the unbiased convention stored fc(pool3) with the bias
+        expected = reference["reference.logits"] - reference["fc.bias"]
+    np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-2)
