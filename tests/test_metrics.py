@@ -321,3 +321,64 @@ def test_inception_features_match_pytorch_reference():
     else:  # files converted before the unbiased convention stored fc(pool3) with the bias
         expected = reference["reference.logits"] - reference["fc.bias"]
     np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-2)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def test_frechet_distance_rejects_non_psd_covariance_but_tolerates_rounding():
+    """A covariance with a negative eigenvalue gave a number; now a ValueError. float32 rounding
+    of a rank-deficient 256-d covariance (eigenvalues ~ -1e-8 relative) is still accepted."""
+    rng = np.random.default_rng(11)
+    features = rng.standard_normal((64, 256))  # 64 samples in 256-d: rank 63
+    covariance = np.cov(features, rowvar=False)
+    rounded = covariance.astype(np.float32).astype(np.float64)
+    assert np.linalg.eigvalsh(rounded).min() < 0  # rounding made it indefinite
+    mean = features.mean(axis=0)
+    assert frechet_distance(mean, rounded, mean, covariance) < 1e-4 * np.trace(covariance)
+    bad = covariance.copy()
+    bad[0, 0] = -1.0
+    with pytest.raises(ValueError, match="cov_2 is not positive semi-definite"):
+        frechet_distance(mean, covariance, mean, bad)
+    with pytest.raises(ValueError, match="cov_1 is not positive semi-definite"):
+        frechet_distance(mean, bad, mean, covariance)
+    with pytest.raises(ValueError, match="not positive semi-definite"):
+        sqrtm_psd(np.diag([1.0, -0.5]))
+
+
+def test_precision_recall_rejects_nan_features():
+    """NaN features gave (0.0, 0.0) (every comparison with NaN is false)."""
+    real = np.random.default_rng(12).standard_normal((20, 3))
+    fake = real.copy()
+    fake[3, 1] = np.nan
+    with pytest.raises(ValueError, match="fake_features contain NaN"):
+        precision_recall(real, fake)
+    with pytest.raises(ValueError, match="real_features contain NaN"):
+        precision_recall(fake, real)
+
+
+def test_load_reference_names_the_expected_keys_for_files_that_are_not_statistics(tmp_path):
+    import pickle
+
+    from diffusion_jax.metrics import load_reference
+
+    pickled = tmp_path / "pickled.npz"
+    pickled.write_bytes(pickle.dumps({"mu": [0.0]}))
+    with pytest.raises(ValueError, match="'mu' \\(d,\\) and 'sigma' \\(d, d\\)"):
+        load_reference(pickled)
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, mu=np.array([{"a": 1}], dtype=object), sigma=np.eye(1))
+    with pytest.raises(ValueError, match="is not a statistics .npz"):
+        load_reference(objects)
+    single = tmp_path / "single.npy"
+    np.save(single, np.zeros(3))
+    with pytest.raises(ValueError, match="single array"):
+        load_reference(single)
+    misshapen = tmp_path / "misshapen.npz"
+    np.savez(misshapen, mu=np.zeros(3), sigma=np.eye(2))
+    with pytest.raises(ValueError, match="do not form"):
+        load_reference(misshapen)
+    missing = tmp_path / "missing_sigma.npz"
+    np.savez(missing, mu=np.zeros(3))
+    with pytest.raises(ValueError, match="no 'sigma'"):
+        load_reference(missing)
