@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from diffusion_jax.data.pixels import to_unit_range, uint8_to_unit_range
+
 __all__ = [
     "InceptionV3",
     "load_inception",
@@ -283,9 +285,9 @@ def preprocess_for_inception(images, *, size=INPUT_SIZE):
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(f"images must have shape (N, H, W, 1 or 3); got {images.shape}")
     if images.dtype == jnp.uint8:
-        unit = images.astype(jnp.float32) / 255.0
+        unit = uint8_to_unit_range(images)
     else:
-        unit = (images.astype(jnp.float32) + 1.0) / 2.0
+        unit = to_unit_range(images.astype(jnp.float32))
     if images.shape[-1] == 1:
         unit = jnp.repeat(unit, 3, axis=-1)
     if unit.shape[1:3] != (size, size):
