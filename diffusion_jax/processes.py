@@ -55,6 +55,7 @@ __all__ = [
     "scaled_linear_betas",
     "squaredcos_cap_v2_betas",
     "check_sigma",
+    "isotropic_gaussian_log_prob",
 ]
 
 
@@ -69,6 +70,15 @@ def _broadcast_like(coefficient, x):
     """Reshape a per-example coefficient of shape ``x.shape[:k]`` so it broadcasts against ``x``."""
     coefficient = jnp.asarray(coefficient)
     return coefficient.reshape(coefficient.shape + (1,) * (jnp.ndim(x) - coefficient.ndim))
+
+
+def isotropic_gaussian_log_prob(x, sigma):
+    """``log N(x; 0, sigma^2 I)`` per example, all axes but the first summed (the prior of every
+    process and of the VE-frame PF-ODE; Song et al. 2021, App. D.2)."""
+    x = jnp.asarray(x)
+    dims = math.prod(x.shape[1:])
+    squared = jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1)
+    return -0.5 * squared / sigma**2 - dims * (jnp.log(sigma) + 0.5 * math.log(2 * math.pi))
 
 
 def check_sigma(sigma, name="sigma"):
@@ -184,11 +194,7 @@ class Process(abc.ABC):
 
     def prior_log_prob(self, x):
         """Log-density of the prior per example (all axes but the first are summed)."""
-        sigma = self.prior_sigma()
-        x = jnp.asarray(x)
-        dims = math.prod(x.shape[1:])
-        sq = jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1)
-        return -0.5 * sq / sigma**2 - dims * (jnp.log(sigma) + 0.5 * math.log(2 * math.pi))
+        return isotropic_gaussian_log_prob(x, self.prior_sigma())
 
 
 def _vp_log_alpha(t, beta_min, beta_max):

@@ -138,24 +138,12 @@ class ImageBatches:
             step += 1
 
 
-def make_batch_iterator(
-    arrays,
-    *,
-    global_batch_size,
-    seed,
-    process_index=None,
-    process_count=None,
-    shuffle=True,
-    drop_remainder=True,
-    start_step=0,
-):
+def make_batch_iterator(arrays, **options):
     """Infinite iterator of per-process batches (dicts of numpy arrays) from ``start_step`` on;
-    see :class:`ImageBatches` for the exact order (deterministic given ``seed``)."""
-    return iter(ImageBatches(
-        arrays, global_batch_size=global_batch_size, seed=seed, process_index=process_index,
-        process_count=process_count, shuffle=shuffle, drop_remainder=drop_remainder,
-        start_step=start_step,
-    ))
+    ``options`` are :class:`ImageBatches`' keywords (``global_batch_size``, ``seed``,
+    ``process_index``, ``process_count``, ``shuffle``, ``drop_remainder``, ``start_step``), which
+    also fix the exact order (deterministic given ``seed``)."""
+    return iter(ImageBatches(arrays, **options))
 
 
 def _batch_axis_devices(sharding):

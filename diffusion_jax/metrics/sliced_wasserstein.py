@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from diffusion_jax.metrics.statistics import check_features
 
 __all__ = ["sliced_wasserstein"]
 
 
 def _check_points(points, name):
     if not isinstance(points, jax.core.Tracer):
-        values = np.asarray(points)
-        if values.ndim != 2:
-            raise ValueError(f"{name} must have shape (num, dim); got {values.shape}")
-        if not np.all(np.isfinite(values)):
-            raise ValueError(f"{name} contain NaN or infinity")
+        check_features(points, name)
     return jnp.asarray(points)
 
 

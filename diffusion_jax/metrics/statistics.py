@@ -15,7 +15,24 @@ import os
 
 import numpy as np
 
-__all__ = ["FeatureStatistics", "compute_features", "compute_statistics", "load_reference"]
+__all__ = [
+    "FeatureStatistics",
+    "check_features",
+    "compute_features",
+    "compute_statistics",
+    "load_reference",
+]
+
+
+def check_features(features, name="features"):
+    """``features`` as a float64 ``(num, dim)`` array; ``ValueError`` naming ``name`` for another
+    rank or for NaN / infinite entries (the one check every metric applies to its inputs)."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2:
+        raise ValueError(f"{name} must have shape (num, dim); got {features.shape}")
+    if not np.all(np.isfinite(features)):
+        raise ValueError(f"{name} contain NaN or infinity")
+    return features
 
 
 @dataclasses.dataclass
@@ -31,15 +48,11 @@ class FeatureStatistics:
 
     def update(self, features):
         """Fold a batch ``(n, d)`` of features into the statistics (returns ``self``)."""
-        features = np.asarray(features, dtype=np.float64)
-        if features.ndim != 2:
-            raise ValueError(f"features must have shape (num, dim); got {features.shape}")
+        features = check_features(features)
         if self.mean is not None and features.shape[1] != self.mean.shape[0]:
             raise ValueError(
                 f"feature dimension {features.shape[1]} != running dimension {self.mean.shape[0]}"
             )
-        if not np.all(np.isfinite(features)):
-            raise ValueError("features contain NaN or infinity")
         num = features.shape[0]
         if num == 0:
             return self
