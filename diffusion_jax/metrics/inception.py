@@ -108,6 +108,13 @@ def _avg_pool_exclude_padding(x):
     return total / count
 
 
+def _chain(x, *layers):
+    """``layers[-1](...(layers[0](x)))``: one branch of an Inception block."""
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
 class InceptionA(nnx.Module):
     """35x35 block (Szegedy et al. 2016, Fig. 5); pytorch-fid ``FIDInceptionA``."""
 
@@ -123,8 +130,8 @@ class InceptionA(nnx.Module):
     def __call__(self, x):
         return jnp.concatenate([
             self.branch1x1(x),
-            self.branch5x5_2(self.branch5x5_1(x)),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+            _chain(x, self.branch5x5_1, self.branch5x5_2),
+            _chain(x, self.branch3x3dbl_1, self.branch3x3dbl_2, self.branch3x3dbl_3),
             self.branch_pool(_avg_pool_exclude_padding(x)),
         ], axis=-1)
 
@@ -141,7 +148,7 @@ class InceptionB(nnx.Module):
     def __call__(self, x):
         return jnp.concatenate([
             self.branch3x3(x),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+            _chain(x, self.branch3x3dbl_1, self.branch3x3dbl_2, self.branch3x3dbl_3),
             _max_pool(x),
         ], axis=-1)
 
@@ -164,14 +171,11 @@ class InceptionC(nnx.Module):
         self.branch_pool = ConvBN(in_channels, 192, 1, rngs=rngs)
 
     def __call__(self, x):
-        double = self.branch7x7dbl_1(x)
-        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                      self.branch7x7dbl_5):
-            double = layer(double)
         return jnp.concatenate([
             self.branch1x1(x),
-            self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
-            double,
+            _chain(x, self.branch7x7_1, self.branch7x7_2, self.branch7x7_3),
+            _chain(x, self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3,
+                   self.branch7x7dbl_4, self.branch7x7dbl_5),
             self.branch_pool(_avg_pool_exclude_padding(x)),
         ], axis=-1)
 
@@ -188,11 +192,10 @@ class InceptionD(nnx.Module):
         self.branch7x7x3_4 = ConvBN(192, 192, 3, stride=2, rngs=rngs)
 
     def __call__(self, x):
-        seven = self.branch7x7x3_1(x)
-        for layer in (self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
-            seven = layer(seven)
+        seven = _chain(x, self.branch7x7x3_1, self.branch7x7x3_2, self.branch7x7x3_3,
+                       self.branch7x7x3_4)
         return jnp.concatenate(
-            [self.branch3x3_2(self.branch3x3_1(x)), seven, _max_pool(x)], axis=-1
+            [_chain(x, self.branch3x3_1, self.branch3x3_2), seven, _max_pool(x)], axis=-1
         )
 
 
@@ -214,7 +217,7 @@ class InceptionE(nnx.Module):
 
     def __call__(self, x):
         single = self.branch3x3_1(x)
-        double = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        double = _chain(x, self.branch3x3dbl_1, self.branch3x3dbl_2)
         if self.max_pool_branch:
             pooled = _max_pool(x, size=3, stride=1, padding=1)
         else:
@@ -259,10 +262,8 @@ class InceptionV3(nnx.Module):
     def blocks(self, x):
         """Named intermediate activations (``dict``), ending with ``Mixed_7c`` (8x8x2048 at 299)."""
         outputs = {}
-        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
-        x = _max_pool(x)
-        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
-        x = _max_pool(x)
+        x = _chain(x, self.Conv2d_1a_3x3, self.Conv2d_2a_3x3, self.Conv2d_2b_3x3, _max_pool,
+                   self.Conv2d_3b_1x1, self.Conv2d_4a_3x3, _max_pool)
         outputs["stem"] = x
         for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
                      "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
