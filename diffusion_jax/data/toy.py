@@ -20,6 +20,7 @@ name                   definition (all float32, shape ``(num_samples, 2)``)
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 
@@ -120,7 +121,9 @@ def sample_toy(name, key, num_samples):
     """``num_samples`` points ``(num_samples, 2)`` float32 of toy set ``name`` (see module table);
     deterministic given the typed ``key``. Unknown ``name`` -> ``ValueError`` listing the names."""
     if name not in _SAMPLERS:
-        raise ValueError(f"unknown toy dataset {name!r}; expected one of {TOY_DATASETS}")
+        close = difflib.get_close_matches(str(name), TOY_DATASETS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown toy dataset {name!r}{hint}; expected one of {TOY_DATASETS}")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int; got {num_samples!r}")
     return _sample_jit(name, key, num_samples)
