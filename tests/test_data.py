@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffusion_jax.analytic import toy_gaussian_mixture
 from diffusion_jax.data import (
     EIGHT_GAUSSIANS_RADIUS,
     EIGHT_GAUSSIANS_STD,
@@ -27,7 +28,6 @@ from diffusion_jax.data import (
     scatter_png,
     to_model_range,
     to_uint8,
-    toy_gaussian_mixture,
 )
 
 # -- toy sets ------------------------------------------------------------------------------------

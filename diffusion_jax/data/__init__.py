@@ -28,7 +28,6 @@ from diffusion_jax.data.toy import (
     EIGHT_GAUSSIANS_STD,
     TOY_DATASETS,
     sample_toy,
-    toy_gaussian_mixture,
 )
 
 __all__ = [
@@ -56,5 +55,4 @@ __all__ = [
     "to_global_batch",
     "to_model_range",
     "to_uint8",
-    "toy_gaussian_mixture",
 ]
