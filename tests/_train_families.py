@@ -4,7 +4,8 @@ and the 8-device subprocess of ``test_sharding.py``.
 
 ``python tests/_train_families.py OUT.json`` (under
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``) runs the joint step with a teacher and an
-EMA target on 1 and on 8 devices and writes the largest differences.
+EMA target on 1 and on 8 devices, and ``sharding.shard_batch`` on an 8-device mesh, and writes
+what it found.
 """
 
 from __future__ import annotations
@@ -125,8 +126,40 @@ def run_devices(out_path):
         params_moved=max_diff(one["state"], jax.device_get(state0.params)),
         num_shards=eight["num_shards"], teacher_replicated=eight["teacher_replicated"],
     )
+    summary.update(batch_checks())
     with open(out_path, "w") as f:
         json.dump(summary, f)
+
+
+def batch_checks():
+    """``shard_batch`` on 8 devices: images and labels under one 4-D spec, a multi-step stack, and
+    the errors for a batch that does not split and for a scalar entry."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from diffusion_jax import sharding
+
+    mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
+    images = np.arange(16 * 4 * 4).reshape(16, 4, 4, 1).astype(np.float32)
+    labels = np.arange(16, dtype=np.int32)
+    batch = sharding.shard_batch({"image": images, "label": labels},
+                                 NamedSharding(mesh, PartitionSpec("data", None, None, None)))
+    stacked = sharding.shard_batch({"x": np.zeros((3, 16, 2), np.float32)},
+                                   sharding.batch_sharding(sharding.make_mesh(), stacked=True))
+    errors = []
+    for bad in ({"label": np.arange(12)}, {"scale": np.float32(1.0)}):
+        try:
+            sharding.shard_batch(bad, sharding.batch_sharding(sharding.make_mesh()))
+            errors.append("")
+        except ValueError as error:
+            errors.append(str(error))
+    return dict(
+        values_kept=bool(np.array_equal(np.asarray(batch["image"]), images)
+                         and np.array_equal(np.asarray(batch["label"]), labels)),
+        label_row_blocks=len({s.index[0].indices(16) for s in batch["label"].addressable_shards}),
+        image_spec=str(batch["image"].sharding.spec), label_spec=str(batch["label"].sharding.spec),
+        stacked_row_blocks=len({s.index[1].indices(16) for s in stacked["x"].addressable_shards}),
+        indivisible_error=errors[0], scalar_error=errors[1],
+    )
 
 
 if __name__ == "__main__":
