@@ -44,16 +44,22 @@ def _optimizer():
     return training.make_optimizer(learning_rate=1e-2)[0]
 
 
+TARGET = {"target": training.ema_constant(0.9)}
+
+
+def _context_step(network, loss_fn, optimizer, ema=TARGET):
+    """Initial state, parts and the jitted context-reading step (EMAs ``ema``)."""
+    state, parts = training.create_train_state(
+        network, optimizer, key=jax.random.key(0), ema_names=tuple(ema)
+    )
+    step = training.make_train_step(parts, loss_fn, optimizer, ema_decays=ema, with_context=True)
+    return state, parts, jax.jit(step)
+
+
 def test_loss_reads_the_ema_without_gradient_into_it():
     network = small_network(1)
     optimizer = _optimizer()
-    ema = {"target": training.ema_constant(0.9)}
-    state, parts = training.create_train_state(
-        network, optimizer, key=jax.random.key(0), ema_names=("target",)
-    )
-    step = jax.jit(training.make_train_step(
-        parts, consistency_loss, optimizer, ema_decays=ema, with_context=True
-    ))
+    state, _, step = _context_step(network, consistency_loss, optimizer)
     data = points(3)
     for batch in data[:2]:
         state, _ = step(state, batch)
@@ -131,9 +137,8 @@ def test_frozen_teacher_is_read_never_trained_nor_stored():
     student, teacher = small_network(1), small_network(2)
     teacher_before = jax.tree.map(np.asarray, _params(teacher))
     optimizer = _optimizer()
-    state, parts = training.create_train_state(student, optimizer, key=jax.random.key(0))
+    state, _, step = _context_step(student, distillation_loss, optimizer, ema={})
     plain_state, _ = training.create_train_state(small_network(1), optimizer, key=jax.random.key(0))
-    step = jax.jit(training.make_train_step(parts, distillation_loss, optimizer, with_context=True))
     data = points(30, seed=1)
     batch = data[0]
 
@@ -160,14 +165,8 @@ def test_two_networks_trained_together_match_optax_on_the_dict():
     networks = {"encoder": small_network(1), "decoder": small_network(2)}
     teacher = small_network(3)
     optimizer = _optimizer()
-    ema = {"target": training.ema_constant(0.9)}
-    state, parts = training.create_train_state(
-        networks, optimizer, key=jax.random.key(0), ema_names=("target",)
-    )
+    state, parts, step = _context_step(networks, autoencoder_loss, optimizer)
     assert set(parts) == set(state.params) == set(state.ema["target"]) == {"encoder", "decoder"}
-    step = jax.jit(training.make_train_step(
-        parts, autoencoder_loss, optimizer, ema_decays=ema, with_context=True
-    ))
     batch = points(1)[0]
 
     def mean_loss(params, ema_params):
@@ -197,14 +196,7 @@ def test_joint_state_round_trips_as_a_pytree_of_arrays():
     """What a checkpoint stores: arrays only; a state rebuilt from host copies resumes exactly."""
     networks = {"encoder": small_network(1), "decoder": small_network(2)}
     teacher = small_network(3)
-    optimizer = _optimizer()
-    state, parts = training.create_train_state(
-        networks, optimizer, key=jax.random.key(0), ema_names=("target",)
-    )
-    step = jax.jit(training.make_train_step(
-        parts, autoencoder_loss, optimizer, ema_decays={"target": training.ema_constant(0.9)},
-        with_context=True,
-    ))
+    state, _, step = _context_step(networks, autoencoder_loss, _optimizer())
     data = points(4)
     for batch in data[:2]:
         state, _ = step(state, batch, teacher)
