@@ -161,6 +161,25 @@ def test_frozen_teacher_is_read_never_trained_nor_stored():
     assert jax.tree.structure(state.opt_state) == jax.tree.structure(optimizer.init(state.params))
 
 
+def test_multi_step_dispatch_with_teacher_equals_single_steps():
+    networks = {"encoder": small_network(1), "decoder": small_network(2)}
+    teacher = small_network(3)
+    optimizer = _optimizer()
+    state, parts, single = _context_step(networks, autoencoder_loss, optimizer)
+    multi = jax.jit(training.make_train_step(
+        parts, autoencoder_loss, optimizer, ema_decays=TARGET, with_context=True, steps_per_call=3
+    ))
+    data = points(3)
+    one_by_one, losses = state, []
+    for batch in data:
+        one_by_one, metrics = single(one_by_one, batch, teacher)
+        losses.append(float(metrics["loss"]))
+    stacked, metrics = multi(state, training.stack_batches(data), teacher)
+    np.testing.assert_allclose(metrics["loss"], losses, rtol=1e-6)
+    _assert_trees_close(stacked.params, one_by_one.params, rtol=1e-5, atol=1e-7)
+    _assert_trees_close(stacked.ema, one_by_one.ema, rtol=1e-5, atol=1e-7)
+
+
 def test_two_networks_trained_together_match_optax_on_the_dict():
     networks = {"encoder": small_network(1), "decoder": small_network(2)}
     teacher = small_network(3)
