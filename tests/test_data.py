@@ -249,7 +249,8 @@ _GLOBAL_BATCH_SCRIPT = textwrap.dedent(
     jax.config.update("jax_num_cpu_devices", 8)
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
-    from diffusion_jax.data import ImageBatches, to_global_batch
+    from diffusion_jax.data import ImageBatches
+    from diffusion_jax.sharding import shard_batch
 
     assert jax.device_count() == 8
     mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
@@ -257,7 +258,7 @@ _GLOBAL_BATCH_SCRIPT = textwrap.dedent(
     arrays = {"image": np.arange(40 * 8 * 8).reshape(40, 8, 8, 1).astype(np.float32),
               "label": np.arange(40, dtype=np.int32)}
     local = ImageBatches(arrays, global_batch_size=16, seed=0).batch(3)
-    batch = to_global_batch(local, sharding)
+    batch = shard_batch(local, sharding)
     for key in arrays:
         assert isinstance(batch[key], jax.Array)
         np.testing.assert_array_equal(np.asarray(batch[key]), local[key])
@@ -266,7 +267,7 @@ _GLOBAL_BATCH_SCRIPT = textwrap.dedent(
         assert len(shard_rows) == 4, shard_rows
     full = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
     try:
-        to_global_batch({"label": np.arange(12)}, full)
+        shard_batch({"label": np.arange(12)}, full)
     except ValueError as error:
         assert "not divisible" in str(error) and "8" in str(error), error
     else:
@@ -276,7 +277,7 @@ _GLOBAL_BATCH_SCRIPT = textwrap.dedent(
 )
 
 
-def test_to_global_batch_on_eight_host_devices():
+def test_global_batch_from_per_process_rows_on_eight_host_devices():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     result = subprocess.run([sys.executable, "-c", _GLOBAL_BATCH_SCRIPT], env=env,

@@ -4,7 +4,7 @@ model range, uint8, bits/dim offset), per-process batches -> global ``jax.Array`
 writers. See ``docs/data_networks.md``.
 """
 
-from diffusion_jax.data.batches import ImageBatches, make_batch_iterator, to_global_batch
+from diffusion_jax.data.batches import ImageBatches, make_batch_iterator
 from diffusion_jax.data.images import (
     DIGITS_NUM_CLASSES,
     center_crop_resize,
@@ -52,7 +52,6 @@ __all__ = [
     "save_image_grid",
     "scatter_image",
     "scatter_png",
-    "to_global_batch",
     "to_model_range",
     "to_uint8",
 ]

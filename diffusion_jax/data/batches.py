@@ -1,5 +1,6 @@
 """Host-side batching: each process gets its slice of a seeded, epoch-reshuffled global batch,
-and :func:`to_global_batch` turns the slices into global ``jax.Array`` s on the mesh.
+and :func:`diffusion_jax.sharding.shard_batch` turns the slices into global ``jax.Array`` s on
+the mesh.
 
 Batch ``step`` is a pure function of ``(seed, step)``: epoch ``e = step // steps_per_epoch`` uses
 the permutation ``numpy.random.default_rng([seed, e])``, so resuming from ``start_step`` sees
@@ -14,7 +15,7 @@ import math
 import jax
 import numpy as np
 
-__all__ = ["ImageBatches", "make_batch_iterator", "to_global_batch"]
+__all__ = ["ImageBatches", "make_batch_iterator"]
 
 
 def check_process(process_index, process_count, *, default):
@@ -144,38 +145,3 @@ def make_batch_iterator(arrays, **options):
     ``process_index``, ``process_count``, ``shuffle``, ``drop_remainder``, ``start_step``), which
     also fix the exact order (deterministic given ``seed``)."""
     return iter(ImageBatches(arrays, **options))
-
-
-def _batch_axis_devices(sharding):
-    """Number of shards along axis 0 of a ``NamedSharding``."""
-    spec = sharding.spec
-    if len(spec) == 0 or spec[0] is None:
-        return 1
-    names = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
-    return math.prod(sharding.mesh.shape[name] for name in names)
-
-
-def to_global_batch(local_batch, sharding):
-    """Global ``jax.Array`` s from this process's slices with
-    ``jax.make_array_from_process_local_data`` (JAX multi-process guide), sharded along the batch
-    axis by the ``NamedSharding`` ``sharding`` (only its first axis spec is used, so images and
-    labels share it). The global batch must divide evenly over the batch-axis devices.
-    """
-    if not isinstance(sharding, jax.sharding.NamedSharding):
-        raise ValueError(f"sharding must be a jax.sharding.NamedSharding; got {type(sharding)}")
-    num_shards = _batch_axis_devices(sharding)
-    batch_spec = jax.sharding.PartitionSpec(*sharding.spec[:1])
-    batch_sharding = jax.sharding.NamedSharding(sharding.mesh, batch_spec)
-    global_batch = {}
-    for key, value in local_batch.items():
-        value = np.asarray(value)
-        if value.ndim == 0:
-            raise ValueError(f"batch entry {key!r} must have a batch axis; got a scalar")
-        global_size = value.shape[0] * jax.process_count()
-        if global_size % num_shards:
-            raise ValueError(
-                f"global batch size {global_size} (entry {key!r}) is not divisible by the "
-                f"{num_shards} devices on the batch axis {sharding.spec[0]!r}"
-            )
-        global_batch[key] = jax.make_array_from_process_local_data(batch_sharding, value)
-    return global_batch

@@ -42,11 +42,11 @@ class ResnetBlock(nnx.Module):
         else:
             self.skip = None
 
-    def __call__(self, x, emb, dropout_key=None):
+    def __call__(self, x, emb):
         h = self.conv_1(jax.nn.silu(self.norm_1(x)))
         scale, shift = jnp.split(self.emb_projection(jax.nn.silu(emb)), 2, axis=-1)
         h = self.norm_2(h) * (1.0 + scale[:, None, None, :]) + shift[:, None, None, :]
-        h = self.dropout(jax.nn.silu(h), rngs=dropout_key)
+        h = self.dropout(jax.nn.silu(h))
         h = self.conv_2(h)
         skip = x if self.skip is None else self.skip(x)
         return (skip + h) * _SKIP_SCALE
@@ -114,12 +114,6 @@ class _Level(nnx.Module):
         ]) if attention else None
 
 
-def _split_keys(key, count):
-    if key is None:
-        return [None] * count
-    return list(jax.random.split(key, count))
-
-
 class UNet(nnx.Module):
     """DDPM++-style U-Net ``F(x, c_noise, cond)`` mapping ``(B, H, W, C) -> (B, H, W, C)``.
 
@@ -131,8 +125,8 @@ class UNet(nnx.Module):
     (DDPM++) or ``"fourier"`` (NCSN++); with ``num_classes`` the labels ``cond`` in
     ``0..num_classes`` (``num_classes`` = null class, Ho & Salimans 2022) are embedded and added to
     the noise embedding. The output convolution is zero-initialised, so a preconditioned denoiser
-    starts at ``D(x) = c_skip x``. Dropout follows ``model.train()`` / ``model.eval()``; pass
-    ``dropout_key`` in a jitted train step (the module's own stream is used otherwise).
+    starts at ``D(x) = c_skip x``. Dropout follows ``model.train()`` / ``model.eval()`` and draws
+    from the module's ``dropout`` stream (reseeded per step by ``networks.reseed_rng_streams``).
     """
 
     def __init__(
@@ -226,30 +220,27 @@ class UNet(nnx.Module):
             return False
         return (self.image_shape[0] >> level) in self.attention_resolutions
 
-    def __call__(self, x, c_noise, cond=None, *, dropout_key=None):
+    def __call__(self, x, c_noise, cond=None):
         """``x (B, H, W, C)``, ``c_noise`` scalar or ``(B,)``, ``cond (B,)`` labels or None."""
         self._check_input(x)
         batch = x.shape[0]
         emb = self.conditioning(c_noise, cond, batch)
-        num_blocks = sum(len(level.resnets) for level in self.down_levels)
-        num_blocks += sum(len(level.resnets) for level in self.up_levels) + 2
-        keys = iter(_split_keys(dropout_key, num_blocks))
 
         h = self.input_conv(x)
         skips = [h]
         for level, stage in enumerate(self.down_levels):
-            h = _run_level(stage, h, emb, keys, skips)
+            h = _run_level(stage, h, emb, skips)
             if level < self._num_levels - 1:
                 h = self.downsamplers[level](h)
                 skips.append(h)
 
-        h = self.middle_1(h, emb, next(keys))
+        h = self.middle_1(h, emb)
         h = self.middle_attention(h)
-        h = self.middle_2(h, emb, next(keys))
+        h = self.middle_2(h, emb)
 
         for index, stage in enumerate(self.up_levels):
             for block, resnet in enumerate(stage.resnets):
-                h = resnet(jnp.concatenate([h, skips.pop()], axis=-1), emb, next(keys))
+                h = resnet(jnp.concatenate([h, skips.pop()], axis=-1), emb)
                 if stage.attentions is not None:
                     h = stage.attentions[block](h)
             if index < self._num_levels - 1:
@@ -272,9 +263,9 @@ class UNet(nnx.Module):
             )
 
 
-def _run_level(stage, h, emb, keys, skips):
+def _run_level(stage, h, emb, skips):
     for block, resnet in enumerate(stage.resnets):
-        h = resnet(h, emb, next(keys))
+        h = resnet(h, emb)
         if stage.attentions is not None:
             h = stage.attentions[block](h)
         skips.append(h)
