@@ -81,13 +81,13 @@ def evaluations_per_step(solver):
     ODEs I", Sec. II.4-5); 1 for Euler, Euler-Heun and reversible Heun (drift evaluations)."""
     if isinstance(solver, (diffrax.Euler, diffrax.EulerHeun, diffrax.ReversibleHeun)):
         return 1
-    if isinstance(solver, diffrax.AbstractRungeKutta):
+    if isinstance(solver, diffrax.AbstractERK):
         tableau = solver.tableau
         return tableau.num_stages - (1 if tableau.fsal else 0)
     if isinstance(solver, diffrax.AbstractSRK):
         return len(solver.tableau.b_sol)
     raise ValueError(
-        f"cannot count the function evaluations of {type(solver).__name__}; use a Runge-Kutta, "
+        f"cannot count the function evaluations of {type(solver).__name__}; use an explicit Runge-Kutta, "
         "stochastic Runge-Kutta, Euler, EulerHeun or ReversibleHeun solver"
     )
 
@@ -99,7 +99,7 @@ def num_function_evaluations(solver, num_steps):
     step-size selection without ``dt0`` adds none (it reuses that evaluation). Checked against
     denoisers that count their calls (tests/test_callables.py, tests/test_likelihood.py)."""
     initial = isinstance(solver, diffrax.ReversibleHeun) or (
-        isinstance(solver, diffrax.AbstractRungeKutta) and solver.tableau.fsal
+        isinstance(solver, diffrax.AbstractERK) and solver.tableau.fsal
     )
     return num_steps * evaluations_per_step(solver) + (1 if initial else 0)
 
@@ -200,7 +200,7 @@ def _reverse_drift(denoiser, u, x, cond):
     ``f x - g^2 score`` (Song et al. 2021, eq. 6) at ``t = sigma``."""
     sigma = -u
     score = score_from_denoiser(functools.partial(checked_denoise, denoiser), x, sigma, cond)
-    return -_VE_FRAME.reverse_sde_drift(x, sigma, score)
+    return (-_VE_FRAME.reverse_sde_drift(x, sigma, score)).astype(x.dtype)
 
 
 def _reverse_diffusion(u, x, args):
