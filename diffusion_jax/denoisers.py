@@ -17,7 +17,13 @@ name          prediction                                            source
 ``velocity``  ``alpha' x0 + sigma' eps = dx_t/dt``                  Lipman et al. 2023; Liu 2023
 ============  ====================================================  ===========================
 
-All conversions go through the pair ``(x0, eps)`` and are exact linear maps at fixed ``x_t``.
+All conversions go through the pair ``(x0, eps)`` and are exact linear maps at fixed ``x_t``. Each
+parameterisation is a small frozen object (:class:`X0`, :class:`Epsilon`, :class:`V`,
+:class:`Score`, :class:`Velocity`) holding its maps and its x0 error scale; every function here also
+takes the names above (:func:`as_parameterisation`).
+
+A network or denoiser may be a plain Python function as well as a pytree: the entry points split it
+into array leaves (traced, differentiated) and static rest (:mod:`diffusion_jax.callables`).
 """
 
 from __future__ import annotations
@@ -329,8 +335,9 @@ def _check_batched(x):
 class PreconditionedDenoiser:
     """``D(x, s) = c_skip x + c_out F(c_in x, c_noise, cond)`` (Karras et al. 2022, eq. 7).
 
-    ``network`` is any pytree callable ``network(x_in, c_noise, cond)`` with ``c_noise`` of shape
-    ``(batch,)`` (a Flax NNX module, or ``jax.tree_util.Partial(fn, params)``); ``preconditioning``
+    ``network`` is any callable ``network(x_in, c_noise, cond)`` with ``c_noise`` of shape
+    ``(batch,)``: a Flax NNX module, an Equinox module, ``jax.tree_util.Partial(fn, params)`` or a
+    plain function; ``preconditioning``
     is :class:`EDMPreconditioning`, :class:`VPPreconditioning` or :class:`VEPreconditioning`.
     """
 
@@ -351,8 +358,9 @@ class PreconditionedDenoiser:
 class ProcessDenoiser:
     """Adapter: a network trained in a process's own frame and time, as a VE-frame denoiser.
 
-    ``network(x_t, time_scale * t, cond)`` predicts ``parameterisation`` (epsilon, v, velocity,
-    score or x0) at ``x_t = alpha(t) x``, ``t = process.t_of_ve_sigma(sigma)``; the prediction is
+    ``network(x_t, time_scale * t, cond)`` (any callable, as for :class:`PreconditionedDenoiser`)
+    predicts ``parameterisation`` (a :class:`Parameterisation` or one of the names epsilon, v,
+    velocity, score, x0) at ``x_t = alpha(t) x``, ``t = process.t_of_ve_sigma(sigma)``; the prediction is
     converted exactly to ``x0_hat`` (Karras et al. 2022, App. B.1 "VP"/"VE" adapters; Kingma & Gao
     2023). ``time_scale`` is 999 for score_sde's continuous VP networks.
     """

@@ -18,8 +18,11 @@ divergence comes from ``jax.linearize`` of that same function:
   (Hutchinson 1989; Grathwohl et al. 2019, "FFJORD", eq. 7), drawn **once per example per solve**
   (resampling them inside an adaptive solve would break step-size control).
 
-Every example is its own ODE solve (``vmap`` of one Diffrax solve), so step control and the number
-of function evaluations are per example; under ``vmap`` all lanes run until the longest finishes.
+The number of function evaluations is counted from Diffrax's attempted steps by the one counter
+:func:`diffusion_jax.samplers.diffrax_solvers.num_function_evaluations` (equal to the denoiser
+calls made). Every example is its own ODE solve (``vmap`` of one Diffrax solve), so step control
+and the number of function evaluations are per example; under ``vmap`` all lanes run until the
+longest finishes.
 
 Prior: by default ``N(0, sigma_max^2 I)``. The true marginal at ``sigma_max`` is the data convolved
 with ``N(0, sigma_max^2 I)``, so each log-density is off by ``log N(x_T; 0, sigma_max^2) -
@@ -41,12 +44,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.data.images import dequantize
+from diffusion_jax.data import dequantize
 from diffusion_jax.denoisers import probability_flow_derivative
 from diffusion_jax.processes import EDM, Process, check_sigma
 from diffusion_jax.samplers._core import check_key
 from diffusion_jax.samplers.diffrax_solvers import (
     check_positive,
+    check_positive_int,
     checked_denoise,
     num_function_evaluations,
     split_vector_field,
@@ -184,8 +188,7 @@ def _check_options(divergence, probe, num_probes, key):
         raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
     if probe not in PROBES:
         raise ValueError(f"unknown probe {probe!r}; expected one of {PROBES}")
-    if not isinstance(num_probes, int) or num_probes < 1:
-        raise ValueError(f"num_probes must be a positive int; got {num_probes!r}")
+    check_positive_int(num_probes, "num_probes")
     if divergence == "hutchinson" and key is None:
         raise ValueError("divergence='hutchinson' needs a key (jax.random.key) for the probes")
 
@@ -224,8 +227,10 @@ def log_likelihood(
     Chen et al. 2018, Thm. 1).
 
     Args:
-      denoiser: ``denoiser(x, sigma, cond) -> x0_hat`` in the VE frame (a pytree; passed to
-        Diffrax as ``args``, so gradients wrt its leaves flow through the solve).
+      denoiser: ``denoiser(x, sigma, cond) -> x0_hat`` in the VE frame: a plain function or a
+        pytree (NNX / Equinox module, registered dataclass). Its array leaves are passed to
+        Diffrax as ``args``, so gradients wrt them flow through the solve; its output shape is
+        checked, and NaN or inf from it raises ("the denoiser returned NaN or inf").
       x: data of shape ``(batch, ...)`` (VE frame, floating point).
       sigma_min, sigma_max: integration range ``sigma_min -> sigma_max``; the result is the
         density of the data smoothed by ``N(0, sigma_min^2 I)``.
@@ -249,8 +254,7 @@ def log_likelihood(
     _check_sigma_range(sigma_min, sigma_max)
     check_positive(rtol, "rtol")
     check_positive(atol, "atol")
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive int; got {max_steps!r}")
+    check_positive_int(max_steps, "max_steps")
     x = jnp.asarray(x)
     if x.ndim < 2:
         raise ValueError(f"x must have a batch axis and at least one data axis; got {x.shape}")
@@ -265,8 +269,7 @@ def log_likelihood(
                 f"{type(solver).__name__} has no error estimate: give num_steps for a fixed grid"
             )
     else:
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive int; got {num_steps!r}")
+        check_positive_int(num_steps, "num_steps")
         max_steps = num_steps  # exact budget: keeps the checkpointed backward pass small
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     batch = x.shape[0]
@@ -390,10 +393,7 @@ def bits_per_dim(
     check_key(key, "bits_per_dim (dequantisation noise)")
     _check_integer_data(x_int, num_bits)
     dtype = jnp.result_type(float) if dtype is None else dtype
-    if not isinstance(num_dequantization_samples, int) or num_dequantization_samples < 1:
-        raise ValueError(
-            f"num_dequantization_samples must be a positive int; got {num_dequantization_samples!r}"
-        )
+    check_positive_int(num_dequantization_samples, "num_dequantization_samples")
     lo, hi = data_range
     if not hi > lo:
         raise ValueError(f"data_range must be increasing; got {data_range}")

@@ -39,6 +39,7 @@ __all__ = [
     "checked_denoise",
     "split_vector_field",
     "check_positive",
+    "check_positive_int",
 ]
 
 NONFINITE_DENOISER = "the denoiser returned NaN or inf"
@@ -75,6 +76,13 @@ def check_positive(value, name):
     return value
 
 
+def check_positive_int(value, name):
+    """Return ``value`` if it is a positive ``int`` (not a bool), else raise a ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+    return value
+
+
 def evaluations_per_step(solver):
     """Vector-field evaluations per (accepted or rejected) step of a Diffrax solver: the stages
     of its tableau, less one for first-same-as-last tableaus (Hairer, Norsett & Wanner, "Solving
@@ -87,8 +95,8 @@ def evaluations_per_step(solver):
     if isinstance(solver, diffrax.AbstractSRK):
         return len(solver.tableau.b_sol)
     raise ValueError(
-        f"cannot count the function evaluations of {type(solver).__name__}; use an explicit Runge-Kutta, "
-        "stochastic Runge-Kutta, Euler, EulerHeun or ReversibleHeun solver"
+        f"cannot count the function evaluations of {type(solver).__name__}; use an explicit "
+        "Runge-Kutta, stochastic Runge-Kutta, Euler, EulerHeun or ReversibleHeun solver"
     )
 
 
@@ -160,7 +168,7 @@ def solve_probability_flow(
     """
     noise = _check_noise(noise)
     _check_levels(sigma_max, sigma_min)
-    check_positive(max_steps, "max_steps")
+    check_positive_int(max_steps, "max_steps")
     solver = diffrax.Tsit5() if solver is None else solver
     evaluations_per_step(solver)  # fail early on a solver whose evaluations cannot be counted
     if stepsize_controller is None:
@@ -170,8 +178,7 @@ def solve_probability_flow(
     if not adaptive and dt0 is None:
         if num_steps is None:
             raise ValueError("a constant step size needs num_steps or dt0")
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive int; got {num_steps!r}")
+        check_positive_int(num_steps, "num_steps")
         dt0 = -(sigma_max - sigma_min) / num_steps
     vector_field, arrays = split_vector_field(_probability_flow_field, denoiser)
     solution = diffrax.diffeqsolve(
@@ -262,8 +269,7 @@ def solve_reverse_sde(
     noise = _check_noise(noise)
     if sigmas is None:
         _check_levels(sigma_max, sigma_min)
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive int; got {num_steps!r}")
+        check_positive_int(num_steps, "num_steps")
     check_positive(brownian_tolerance, "brownian_tolerance")
     solver = diffrax.Euler() if solver is None else solver
     evaluations_per_step(solver)  # fail early on a solver whose evaluations cannot be counted
