@@ -16,7 +16,6 @@ denoiser call is checked: a wrong output shape raises at trace time, NaN or infi
 from __future__ import annotations
 
 import functools
-import math
 
 import diffrax
 import equinox as eqx
@@ -70,8 +69,11 @@ def check_positive(value, name):
     """Return ``value``; a concrete option must be a positive finite number (traced values pass)."""
     if value is None or isinstance(value, jax.core.Tracer):
         return value
-    number = float(np.asarray(value))
-    if not math.isfinite(number) or number <= 0.0:
+    try:
+        values = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        values = np.asarray(np.nan)
+    if not (np.all(np.isfinite(values)) and np.all(values > 0.0)):
         raise ValueError(f"{name} must be a positive finite number; got {value!r}")
     return value
 
@@ -121,8 +123,9 @@ def checked_denoise(denoiser, x, sigma, cond=None):
 
 def split_vector_field(field, denoiser):
     """``(vector_field, arrays)`` for Diffrax: ``arrays`` (the denoiser's array leaves) go in
-    ``args``; ``vector_field(t, y, args)`` is ``field(merge(arrays, static), t, y, args)`` with the
-    static rest held by a ``jax.tree_util.Partial`` (hashable: Diffrax's jit cache still hits)."""
+    ``args = (arrays, *rest)``; ``vector_field(t, y, args)`` is
+    ``field(merge(arrays, static), t, y, *rest)`` with the static rest held by a
+    ``jax.tree_util.Partial`` (compared by value, so Diffrax's jit cache still hits)."""
     arrays, static = split(denoiser)
     return jax.tree_util.Partial(_merged_field, field, static), arrays
 
