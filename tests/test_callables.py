@@ -262,3 +262,27 @@ def test_nnx_network_in_preconditioned_denoiser_matches_a_plain_function(x64):
     np.testing.assert_allclose(grad_kernel, grads.linear.kernel[...], rtol=1e-8)
     np.testing.assert_allclose(grad_bias, grads.linear.bias[...], rtol=1e-8)
     assert np.max(np.abs(grad_kernel)) > 1e-6
+
+
+def test_a_plain_function_is_not_retraced_on_the_second_call():
+    """The static part is compared by value (the same function object), so Diffrax's and the
+    likelihood's jit caches hit: the function's Python body runs only while tracing."""
+    traces = [0]
+
+    def denoiser(x, sigma, cond=None):
+        traces[0] += 1
+        return _gaussian_denoiser(0.7, x, sigma, cond)
+
+    for call in (
+        lambda: samplers.solve_probability_flow(
+            denoiser, NOISE, sigma_max=5.0, sigma_min=0.05,
+            stepsize_controller=diffrax.ConstantStepSize(), num_steps=4, denoise_final=False,
+        )[0],
+        lambda: log_likelihood(
+            denoiser, X, sigma_min=0.05, sigma_max=5.0, divergence="exact", num_steps=4
+        )[0],
+    ):
+        jax.block_until_ready(call())
+        traced = traces[0]
+        jax.block_until_ready(call())
+        assert traces[0] == traced > 0
