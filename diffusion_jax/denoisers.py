@@ -17,11 +17,18 @@ name          prediction                                            source
 ``velocity``  ``alpha' x0 + sigma' eps = dx_t/dt``                  Lipman et al. 2023; Liu 2023
 ============  ====================================================  ===========================
 
-All conversions go through the pair ``(x0, eps)`` and are exact linear maps at fixed ``x_t``.
+All conversions go through the pair ``(x0, eps)`` and are exact linear maps at fixed ``x_t``. Each
+parameterisation is a small frozen object (:class:`X0`, :class:`Epsilon`, :class:`V`,
+:class:`Score`, :class:`Velocity`) holding its maps and its x0 error scale; every function here also
+takes the names above (:func:`as_parameterisation`).
+
+A network or denoiser may be a plain Python function as well as a pytree: the entry points split it
+into array leaves (traced, differentiated) and static rest (:mod:`diffusion_jax.callables`).
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 from typing import Any
@@ -33,6 +40,13 @@ from diffusion_jax.processes import Process, _broadcast_like, check_sigma
 
 __all__ = [
     "PARAMETERISATIONS",
+    "Parameterisation",
+    "X0",
+    "Epsilon",
+    "V",
+    "Score",
+    "Velocity",
+    "as_parameterisation",
     "check_parameterisation",
     "to_x0_epsilon",
     "from_x0_epsilon",
@@ -48,9 +62,6 @@ __all__ = [
     "probability_flow_derivative",
 ]
 
-PARAMETERISATIONS = ("x0", "epsilon", "v", "score", "velocity")
-
-
 def _pytree(cls, meta=()):
     cls = dataclasses.dataclass(frozen=True)(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -58,52 +69,170 @@ def _pytree(cls, meta=()):
     return jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=list(meta))
 
 
-def check_parameterisation(name):
-    """Return ``name`` if it is a known parameterisation, else raise a ``ValueError`` listing them."""
-    if name not in PARAMETERISATIONS:
-        raise ValueError(f"unknown parameterisation {name!r}; expected one of {PARAMETERISATIONS}")
-    return name
+# -- parameterisations as small objects (like the weightings of schedules.py) --------------------
+
+
+class Parameterisation(abc.ABC):
+    """What a network predicts at ``x = alpha x0 + sigma eps``: exact maps to and from the pair
+    ``(x0, eps)`` and the x0 error scale (Kingma & Gao 2023, Sec. 2). ``alpha, sigma`` (and
+    ``d_alpha, d_sigma``, used by ``velocity`` only) are already broadcast against the data."""
+
+    name: str
+
+    @abc.abstractmethod
+    def to_x0_epsilon(self, prediction, x, alpha, sigma, d_alpha, d_sigma):
+        """The pair ``(x0, eps)`` implied by ``prediction`` at ``x``."""
+
+    @abc.abstractmethod
+    def from_x0_epsilon(self, x0, eps, alpha, sigma, d_alpha, d_sigma):
+        """The prediction of this kind for the pair ``(x0, eps)``."""
+
+    @abc.abstractmethod
+    def x0_error_scale(self, process: Process, t):
+        """``k(t)`` with ``pred_hat - pred = k(t) (x0_hat - x0)`` at fixed ``x_t``."""
+
+
+@_pytree
+class X0(Parameterisation):
+    """Data prediction ``x0`` (Karras et al. 2022); error scale 1."""
+
+    name = "x0"
+
+    def to_x0_epsilon(self, prediction, x, alpha, sigma, d_alpha, d_sigma):
+        return prediction, (x - alpha * prediction) / sigma
+
+    def from_x0_epsilon(self, x0, eps, alpha, sigma, d_alpha, d_sigma):
+        return x0
+
+    def x0_error_scale(self, process, t):
+        return jnp.ones_like(process.sigma(t))
+
+
+@_pytree
+class Epsilon(Parameterisation):
+    """Noise prediction ``eps`` (Ho et al. 2020); error scale ``-alpha / sigma``."""
+
+    name = "epsilon"
+
+    def to_x0_epsilon(self, prediction, x, alpha, sigma, d_alpha, d_sigma):
+        return (x - sigma * prediction) / alpha, prediction
+
+    def from_x0_epsilon(self, x0, eps, alpha, sigma, d_alpha, d_sigma):
+        return eps
+
+    def x0_error_scale(self, process, t):
+        return -process.alpha(t) / process.sigma(t)
+
+
+@_pytree
+class V(Parameterisation):
+    """``v = alpha eps - sigma x0`` (Salimans & Ho 2022, eq. 14; inverted as eq. 15 generalised
+    to ``alpha^2 + sigma^2 != 1``); error scale ``-(alpha^2 + sigma^2) / sigma``."""
+
+    name = "v"
+
+    def to_x0_epsilon(self, prediction, x, alpha, sigma, d_alpha, d_sigma):
+        norm = alpha**2 + sigma**2
+        return (alpha * x - sigma * prediction) / norm, (sigma * x + alpha * prediction) / norm
+
+    def from_x0_epsilon(self, x0, eps, alpha, sigma, d_alpha, d_sigma):
+        return alpha * eps - sigma * x0
+
+    def x0_error_scale(self, process, t):
+        alpha, sigma = process.alpha(t), process.sigma(t)
+        return -(alpha**2 + sigma**2) / sigma
+
+
+@_pytree
+class Score(Parameterisation):
+    """Score ``grad log p_t(x_t) = -eps / sigma`` (Song et al. 2021); error scale
+    ``alpha / sigma^2``."""
+
+    name = "score"
+
+    def to_x0_epsilon(self, prediction, x, alpha, sigma, d_alpha, d_sigma):
+        eps = -sigma * prediction
+        return (x - sigma * eps) / alpha, eps
+
+    def from_x0_epsilon(self, x0, eps, alpha, sigma, d_alpha, d_sigma):
+        return -eps / sigma
+
+    def x0_error_scale(self, process, t):
+        return process.alpha(t) / process.sigma(t) ** 2
+
+
+@_pytree
+class Velocity(Parameterisation):
+    """Velocity ``alpha' x0 + sigma' eps = dx_t/dt`` (Lipman et al. 2023; Liu 2023), inverted by
+    solving ``[alpha sigma; alpha' sigma'] [x0; eps] = [x; u]``; error scale
+    ``(alpha' sigma - sigma' alpha) / sigma``."""
+
+    name = "velocity"
+
+    def to_x0_epsilon(self, prediction, x, alpha, sigma, d_alpha, d_sigma):
+        _check_derivatives(d_alpha, d_sigma)
+        det = alpha * d_sigma - sigma * d_alpha
+        return (d_sigma * x - sigma * prediction) / det, (alpha * prediction - d_alpha * x) / det
+
+    def from_x0_epsilon(self, x0, eps, alpha, sigma, d_alpha, d_sigma):
+        _check_derivatives(d_alpha, d_sigma)
+        return d_alpha * x0 + d_sigma * eps
+
+    def x0_error_scale(self, process, t):
+        sigma = process.sigma(t)
+        return (process.d_alpha(t) * sigma - process.d_sigma(t) * process.alpha(t)) / sigma
+
+
+def _check_derivatives(d_alpha, d_sigma):
+    if d_alpha is None or d_sigma is None:
+        raise ValueError("the velocity parameterisation needs d_alpha and d_sigma")
+
+
+_BY_NAME = {kind.name: kind for kind in (X0(), Epsilon(), V(), Score(), Velocity())}
+PARAMETERISATIONS = tuple(_BY_NAME)
+
+
+def as_parameterisation(kind) -> Parameterisation:
+    """The :class:`Parameterisation` object of ``kind`` (an object, or one of the names
+    :data:`PARAMETERISATIONS`); raises a one-line ``ValueError`` listing the names otherwise."""
+    if isinstance(kind, Parameterisation):
+        return kind
+    if isinstance(kind, str) and kind in _BY_NAME:
+        return _BY_NAME[kind]
+    raise ValueError(f"unknown parameterisation {kind!r}; expected one of {PARAMETERISATIONS}")
+
+
+def check_parameterisation(kind):
+    """Return ``kind`` (a name or a :class:`Parameterisation`) if it is known, else raise a
+    ``ValueError`` listing the names."""
+    as_parameterisation(kind)
+    return kind
+
+
+def _broadcast_optional(coefficient, x):
+    return None if coefficient is None else _broadcast_like(coefficient, x)
 
 
 def to_x0_epsilon(prediction, parameterisation, x, alpha, sigma, d_alpha=None, d_sigma=None):
     """Exact ``(x0, eps)`` implied by a prediction at ``x = alpha x0 + sigma eps``.
 
-    ``alpha, sigma`` (and ``d_alpha, d_sigma`` for ``velocity``) are scalars or per-example arrays.
-    Inversions: v (Salimans & Ho 2022, eq. 14-15 generalised to alpha^2 + sigma^2 != 1), velocity
-    (solve ``[alpha sigma; alpha' sigma'] [x0; eps] = [x; u]``).
+    ``alpha, sigma`` (and ``d_alpha, d_sigma`` for ``velocity``) are scalars or per-example arrays;
+    ``parameterisation`` is a name or a :class:`Parameterisation`.
     """
-    check_parameterisation(parameterisation)
-    a, s = _broadcast_like(alpha, x), _broadcast_like(sigma, x)
-    if parameterisation == "x0":
-        x0 = prediction
-        return x0, (x - a * x0) / s
-    if parameterisation == "epsilon":
-        eps = prediction
-        return (x - s * eps) / a, eps
-    if parameterisation == "score":
-        eps = -s * prediction
-        return (x - s * eps) / a, eps
-    if parameterisation == "v":
-        norm = a**2 + s**2
-        return (a * x - s * prediction) / norm, (s * x + a * prediction) / norm
-    da, ds = _broadcast_like(d_alpha, x), _broadcast_like(d_sigma, x)
-    det = a * ds - s * da
-    return (ds * x - s * prediction) / det, (a * prediction - da * x) / det
+    kind = as_parameterisation(parameterisation)
+    return kind.to_x0_epsilon(
+        prediction, x, _broadcast_like(alpha, x), _broadcast_like(sigma, x),
+        _broadcast_optional(d_alpha, x), _broadcast_optional(d_sigma, x),
+    )
 
 
 def from_x0_epsilon(x0, eps, parameterisation, alpha, sigma, d_alpha=None, d_sigma=None):
     """The prediction of kind ``parameterisation`` for a given pair ``(x0, eps)``."""
-    check_parameterisation(parameterisation)
-    a, s = _broadcast_like(alpha, x0), _broadcast_like(sigma, x0)
-    if parameterisation == "x0":
-        return x0
-    if parameterisation == "epsilon":
-        return eps
-    if parameterisation == "score":
-        return -eps / s
-    if parameterisation == "v":
-        return a * eps - s * x0
-    return _broadcast_like(d_alpha, x0) * x0 + _broadcast_like(d_sigma, x0) * eps
+    kind = as_parameterisation(parameterisation)
+    return kind.from_x0_epsilon(
+        x0, eps, _broadcast_like(alpha, x0), _broadcast_like(sigma, x0),
+        _broadcast_optional(d_alpha, x0), _broadcast_optional(d_sigma, x0),
+    )
 
 
 def convert(prediction, source, target, x, t, process: Process):
@@ -120,17 +249,7 @@ def x0_error_scale(parameterisation, process: Process, t):
     an x0-MSE weighted by ``k^2``: epsilon ``-alpha/sigma``, v ``-(alpha^2+sigma^2)/sigma``, score
     ``alpha/sigma^2``, velocity ``(alpha' sigma - sigma' alpha)/sigma``.
     """
-    check_parameterisation(parameterisation)
-    alpha, sigma = process.alpha(t), process.sigma(t)
-    if parameterisation == "x0":
-        return jnp.ones_like(sigma)
-    if parameterisation == "epsilon":
-        return -alpha / sigma
-    if parameterisation == "score":
-        return alpha / sigma**2
-    if parameterisation == "v":
-        return -(alpha**2 + sigma**2) / sigma
-    return (process.d_alpha(t) * sigma - process.d_sigma(t) * alpha) / sigma
+    return as_parameterisation(parameterisation).x0_error_scale(process, t)
 
 
 # -- preconditioning (Karras et al. 2022, Table 1) ---------------------------------------------
@@ -216,8 +335,9 @@ def _check_batched(x):
 class PreconditionedDenoiser:
     """``D(x, s) = c_skip x + c_out F(c_in x, c_noise, cond)`` (Karras et al. 2022, eq. 7).
 
-    ``network`` is any pytree callable ``network(x_in, c_noise, cond)`` with ``c_noise`` of shape
-    ``(batch,)`` (a Flax NNX module, or ``jax.tree_util.Partial(fn, params)``); ``preconditioning``
+    ``network`` is any callable ``network(x_in, c_noise, cond)`` with ``c_noise`` of shape
+    ``(batch,)``: a Flax NNX module, an Equinox module, ``jax.tree_util.Partial(fn, params)`` or a
+    plain function; ``preconditioning``
     is :class:`EDMPreconditioning`, :class:`VPPreconditioning` or :class:`VEPreconditioning`.
     """
 
@@ -238,8 +358,9 @@ class PreconditionedDenoiser:
 class ProcessDenoiser:
     """Adapter: a network trained in a process's own frame and time, as a VE-frame denoiser.
 
-    ``network(x_t, time_scale * t, cond)`` predicts ``parameterisation`` (epsilon, v, velocity,
-    score or x0) at ``x_t = alpha(t) x``, ``t = process.t_of_ve_sigma(sigma)``; the prediction is
+    ``network(x_t, time_scale * t, cond)`` (any callable, as for :class:`PreconditionedDenoiser`)
+    predicts ``parameterisation`` (a :class:`Parameterisation` or one of the names epsilon, v,
+    velocity, score, x0) at ``x_t = alpha(t) x``, ``t = process.t_of_ve_sigma(sigma)``; the prediction is
     converted exactly to ``x0_hat`` (Karras et al. 2022, App. B.1 "VP"/"VE" adapters; Kingma & Gao
     2023). ``time_scale`` is 999 for score_sde's continuous VP networks.
     """
@@ -260,7 +381,7 @@ class ProcessDenoiser:
         prediction = self.network(x_t, self.time_scale * t, cond).astype(x.dtype)
         x0, _ = to_x0_epsilon(
             prediction,
-            self.parameterisation,
+            as_parameterisation(self.parameterisation),
             x_t,
             self.process.alpha(t),
             self.process.sigma(t),

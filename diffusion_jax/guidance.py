@@ -1,5 +1,7 @@
 """Guidance as denoiser transforms: the result is again a denoiser (a pytree), usable by every
-sampler and solver, with ``cond`` plumbed through."""
+sampler and solver, with ``cond`` plumbed through. The wrapped denoiser may be a plain function
+or a pytree: the transform is a registered dataclass whose ``denoiser`` field is split into array
+leaves and static rest by the entry points (:mod:`diffusion_jax.callables`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import numpy as np
 
 __all__ = ["ClassifierFreeGuidance", "classifier_free"]
 
@@ -38,6 +41,8 @@ jax.tree_util.register_dataclass(
 def classifier_free(denoiser, guidance_scale, null_cond=None):
     """Wrap ``denoiser`` with classifier-free guidance (Ho & Salimans 2022, eq. 6);
     ``null_cond`` is the condition of the unconditional branch (``None`` by default)."""
-    if isinstance(guidance_scale, (int, float)) and guidance_scale != guidance_scale:
-        raise ValueError("guidance_scale must not be NaN")
+    if not isinstance(guidance_scale, jax.core.Tracer):
+        values = np.asarray(guidance_scale)
+        if not np.issubdtype(values.dtype, np.number) or not np.all(np.isfinite(values)):
+            raise ValueError(f"guidance_scale must be a finite number; got {guidance_scale!r}")
     return ClassifierFreeGuidance(denoiser, guidance_scale, null_cond)

@@ -18,8 +18,11 @@ divergence comes from ``jax.linearize`` of that same function:
   (Hutchinson 1989; Grathwohl et al. 2019, "FFJORD", eq. 7), drawn **once per example per solve**
   (resampling them inside an adaptive solve would break step-size control).
 
-Every example is its own ODE solve (``vmap`` of one Diffrax solve), so step control and the number
-of function evaluations are per example; under ``vmap`` all lanes run until the longest finishes.
+The number of function evaluations is counted from Diffrax's attempted steps by the one counter
+:func:`diffusion_jax.samplers.diffrax_solvers.num_function_evaluations` (equal to the denoiser
+calls made). Every example is its own ODE solve (``vmap`` of one Diffrax solve), so step control
+and the number of function evaluations are per example; under ``vmap`` all lanes run until the
+longest finishes.
 
 Prior: by default ``N(0, sigma_max^2 I)``. The true marginal at ``sigma_max`` is the data convolved
 with ``N(0, sigma_max^2 I)``, so each log-density is off by ``log N(x_T; 0, sigma_max^2) -
@@ -36,13 +39,22 @@ import functools
 import math
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.data.images import dequantize
+from diffusion_jax.data import dequantize
 from diffusion_jax.denoisers import probability_flow_derivative
-from diffusion_jax.processes import Process, check_sigma
+from diffusion_jax.processes import EDM, Process, check_sigma
+from diffusion_jax.samplers._core import check_key
+from diffusion_jax.samplers.diffrax_solvers import (
+    check_positive,
+    check_positive_int,
+    checked_denoise,
+    num_function_evaluations,
+    split_vector_field,
+)
 
 __all__ = [
     "SOLVERS",
@@ -89,29 +101,11 @@ def _is_adaptive(solver):
     )
 
 
-def num_function_evaluations(solver, num_steps):
-    """Vector-field evaluations of a Diffrax Runge-Kutta solve with ``num_steps`` attempted steps
-    (accepted plus rejected): ``num_stages`` per step, or ``1 + num_steps (num_stages - 1)`` for
-    first-same-as-last tableaus (Hairer, Norsett & Wanner, "Solving ODEs I", Sec. II.4-5).
-
-    Checked against a denoiser that counts its calls (tests/test_likelihood.py).
-    """
-    if isinstance(solver, diffrax.Euler):
-        return num_steps
-    tableau = solver.tableau
-    num_stages = len(tableau.b_sol)
-    if tableau.fsal:
-        return 1 + num_steps * (num_stages - 1)
-    return num_steps * num_stages
-
-
 def gaussian_prior_log_prob(x, sigma):
     """``log N(x; 0, sigma^2 I)`` per example (all axes but the first summed); the PF-ODE prior
-    of the VE frame (Song et al. 2021, App. D.2)."""
-    x = jnp.asarray(x)
-    dims = math.prod(x.shape[1:])
-    squared = jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1)
-    return -0.5 * squared / sigma**2 - dims * (jnp.log(sigma) + 0.5 * math.log(2 * math.pi))
+    of the VE frame (Song et al. 2021, App. D.2): the prior of the VE process with
+    ``sigma_max = sigma`` (:meth:`diffusion_jax.processes.Process.prior_log_prob`)."""
+    return EDM(sigma_max=sigma).prior_log_prob(x)
 
 
 def _draw_probes(key, shape, num_probes, probe, dtype):
@@ -122,13 +116,14 @@ def _draw_probes(key, shape, num_probes, probe, dtype):
     return jax.random.normal(key, full_shape, dtype)
 
 
-def _velocity_and_divergence(u, x, denoiser, cond, probes, exact):
+def _velocity_and_divergence(denoiser, u, x, cond, probes, exact):
     """``sigma dx/dsigma`` at ``u = log sigma`` and its divergence (exact trace or Hutchinson)."""
     sigma = jnp.exp(u)
+    checked = functools.partial(checked_denoise, denoiser)
 
     def velocity(x_single):
         batched_cond = jax.tree.map(lambda leaf: leaf[None], cond)
-        derivative = probability_flow_derivative(denoiser, x_single[None], sigma, batched_cond)
+        derivative = probability_flow_derivative(checked, x_single[None], sigma, batched_cond)
         return (sigma * derivative[0]).astype(x.dtype)
 
     dx_du, jvp = jax.linearize(velocity, x)
@@ -142,32 +137,33 @@ def _velocity_and_divergence(u, x, denoiser, cond, probes, exact):
     return dx_du, divergence.astype(x.dtype)
 
 
-def _exact_vector_field(u, state, args):
+def _exact_vector_field(denoiser, u, state, cond, probes):
     """``d/du [x, delta_log_p] = [sigma dx/dsigma, tr J]`` at ``u = log sigma``."""
-    denoiser, cond, probes = args
-    return _velocity_and_divergence(u, state[0], denoiser, cond, probes, True)
+    return _velocity_and_divergence(denoiser, u, state[0], cond, probes, True)
 
 
-def _hutchinson_vector_field(u, state, args):
+def _hutchinson_vector_field(denoiser, u, state, cond, probes):
     """``d/du [x, delta_log_p] = [sigma dx/dsigma, mean eps^T J eps]`` at ``u = log sigma``."""
-    denoiser, cond, probes = args
-    return _velocity_and_divergence(u, state[0], denoiser, cond, probes, False)
+    return _velocity_and_divergence(denoiser, u, state[0], cond, probes, False)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("solver", "exact", "num_steps", "max_steps", "adjoint")
-)
+@eqx.filter_jit
 def _solve_batch(
     denoiser, x, cond, probes, u0, u1, rtol, atol, *, solver, exact, num_steps, max_steps, adjoint
 ):
-    """One Diffrax solve per example (``vmap``): ``(x(sigma_max), int div, attempted steps)``."""
+    """One Diffrax solve per example (``vmap``): ``(x(sigma_max), int div, attempted steps)``.
+    ``eqx.filter_jit``: the denoiser's arrays are traced, its static rest (a plain function, a
+    network graph) and the solver options are compile-time constants."""
     if num_steps is None:
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
         dt0 = None
     else:
         controller = diffrax.ConstantStepSize()
         dt0 = (u1 - u0) / num_steps
-    term = diffrax.ODETerm(_exact_vector_field if exact else _hutchinson_vector_field)
+    field, arrays = split_vector_field(
+        _exact_vector_field if exact else _hutchinson_vector_field, denoiser
+    )
+    term = diffrax.ODETerm(field)
 
     def solve_one(x_single, cond_single, probes_single):
         solution = diffrax.diffeqsolve(
@@ -177,7 +173,7 @@ def _solve_batch(
             t1=u1,
             dt0=dt0,
             y0=(x_single, jnp.zeros((), x.dtype)),
-            args=(denoiser, cond_single, probes_single),
+            args=(arrays, cond_single, probes_single),
             stepsize_controller=controller,
             max_steps=max_steps,
             adjoint=adjoint,
@@ -192,8 +188,7 @@ def _check_options(divergence, probe, num_probes, key):
         raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
     if probe not in PROBES:
         raise ValueError(f"unknown probe {probe!r}; expected one of {PROBES}")
-    if not isinstance(num_probes, int) or num_probes < 1:
-        raise ValueError(f"num_probes must be a positive int; got {num_probes!r}")
+    check_positive_int(num_probes, "num_probes")
     if divergence == "hutchinson" and key is None:
         raise ValueError("divergence='hutchinson' needs a key (jax.random.key) for the probes")
 
@@ -232,8 +227,10 @@ def log_likelihood(
     Chen et al. 2018, Thm. 1).
 
     Args:
-      denoiser: ``denoiser(x, sigma, cond) -> x0_hat`` in the VE frame (a pytree; passed to
-        Diffrax as ``args``, so gradients wrt its leaves flow through the solve).
+      denoiser: ``denoiser(x, sigma, cond) -> x0_hat`` in the VE frame: a plain function or a
+        pytree (NNX / Equinox module, registered dataclass). Its array leaves are passed to
+        Diffrax as ``args``, so gradients wrt them flow through the solve; its output shape is
+        checked, and NaN or inf from it raises ("the denoiser returned NaN or inf").
       x: data of shape ``(batch, ...)`` (VE frame, floating point).
       sigma_min, sigma_max: integration range ``sigma_min -> sigma_max``; the result is the
         density of the data smoothed by ``N(0, sigma_min^2 I)``.
@@ -255,6 +252,9 @@ def log_likelihood(
     """
     _check_options(divergence, probe, num_probes, key)
     _check_sigma_range(sigma_min, sigma_max)
+    check_positive(rtol, "rtol")
+    check_positive(atol, "atol")
+    check_positive_int(max_steps, "max_steps")
     x = jnp.asarray(x)
     if x.ndim < 2:
         raise ValueError(f"x must have a batch axis and at least one data axis; got {x.shape}")
@@ -269,8 +269,7 @@ def log_likelihood(
                 f"{type(solver).__name__} has no error estimate: give num_steps for a fixed grid"
             )
     else:
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive int; got {num_steps!r}")
+        check_positive_int(num_steps, "num_steps")
         max_steps = num_steps  # exact budget: keeps the checkpointed backward pass small
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     batch = x.shape[0]
@@ -391,16 +390,16 @@ def bits_per_dim(
     :func:`log_likelihood` (pass ``sigma_min, sigma_max``); ``likelihood_options`` go there.
     Returns ``(bpd, nfe)`` per image (nfe summed over the dequantisation samples).
     """
+    check_key(key, "bits_per_dim (dequantisation noise)")
     _check_integer_data(x_int, num_bits)
     dtype = jnp.result_type(float) if dtype is None else dtype
-    if not isinstance(num_dequantization_samples, int) or num_dequantization_samples < 1:
-        raise ValueError(
-            f"num_dequantization_samples must be a positive int; got {num_dequantization_samples!r}"
-        )
+    check_positive_int(num_dequantization_samples, "num_dequantization_samples")
     lo, hi = data_range
     if not hi > lo:
         raise ValueError(f"data_range must be increasing; got {data_range}")
     x_int = jnp.asarray(x_int)
+    if not jnp.issubdtype(x_int.dtype, jnp.integer):  # integer-valued floats (checked above)
+        x_int = x_int.astype(jnp.int32)
     dims = math.prod(x_int.shape[1:])
     batch = x_int.shape[0]
     num = num_dequantization_samples

@@ -10,7 +10,8 @@ __all__ = ["Denoiser", "Sampler", "Model"]
 
 
 class Denoiser(Protocol):
-    """``D(x, sigma, cond=None) -> x0_hat`` in the VE frame (Karras et al. 2022, eq. 2); a pytree."""
+    """``D(x, sigma, cond=None) -> x0_hat`` in the VE frame (Karras et al. 2022, eq. 2): a plain
+    function or a pytree (its array leaves are what ``grad`` sees; diffusion_jax.callables)."""
 
     def __call__(self, x: jax.Array, sigma: jax.Array | float, cond: Any = None) -> jax.Array: ...
 

@@ -217,3 +217,53 @@ def test_bad_input_errors():
     )
     with pytest.raises(ValueError, match="network output shape"):
         bad_network(x, 1.0)
+
+
+OBJECTS = {"x0": D.X0(), "epsilon": D.Epsilon(), "v": D.V(), "score": D.Score(),
+           "velocity": D.Velocity()}
+
+
+@pytest.mark.parametrize("process", [P.VP(), P.RectifiedFlow()], ids=["VP", "RectifiedFlow"])
+def test_parameterisation_objects_give_the_numbers_of_their_names(x64, process):
+    """Objects and names are interchangeable: bitwise-equal conversions, error scales, loss
+    weights and adapter outputs."""
+    from diffusion_jax import schedules
+
+    t = jnp.linspace(0.1, 0.9, 5) * float(process.t_max)
+    x0, eps, x_t = _sample(process, t)
+    coefficients = (process.alpha(t), process.sigma(t), process.d_alpha(t), process.d_sigma(t))
+    assert tuple(OBJECTS) == D.PARAMETERISATIONS
+
+    def network(x_t, t, cond=None):
+        return 0.3 * x_t * t[:, None]
+
+    for name, kind in OBJECTS.items():
+        assert D.as_parameterisation(name) == kind and D.as_parameterisation(kind) is kind
+        assert kind.name == name
+        prediction = D.from_x0_epsilon(x0, eps, name, *coefficients)
+        np.testing.assert_array_equal(D.from_x0_epsilon(x0, eps, kind, *coefficients), prediction)
+        for by_name, by_object in zip(
+            D.to_x0_epsilon(prediction, name, x_t, *coefficients),
+            D.to_x0_epsilon(prediction, kind, x_t, *coefficients),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(by_object, by_name)
+        np.testing.assert_array_equal(
+            D.x0_error_scale(kind, process, t), D.x0_error_scale(name, process, t)
+        )
+        np.testing.assert_array_equal(
+            schedules.EDMWeighting().weight_for(kind, process, t),
+            schedules.EDMWeighting().weight_for(name, process, t),
+        )
+        np.testing.assert_array_equal(
+            D.ProcessDenoiser(network, process, kind)(x_t, 0.7),
+            D.ProcessDenoiser(network, process, name)(x_t, 0.7),
+        )
+
+
+def test_unknown_parameterisation_lists_the_names():
+    for bad in ("eps", 3, None):
+        with pytest.raises(ValueError, match=r"unknown parameterisation .*'x0', 'epsilon'"):
+            D.as_parameterisation(bad)
+    with pytest.raises(ValueError, match="needs d_alpha and d_sigma"):
+        D.to_x0_epsilon(jnp.ones((2, 3)), "velocity", jnp.ones((2, 3)), 1.0, 0.5)

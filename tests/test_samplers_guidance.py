@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from diffusion_jax import samplers
 from diffusion_jax.analytic import GaussianMixture
@@ -62,3 +63,25 @@ def test_guided_sampling_with_cond_plumbed_through_jit():
     assert abs(float(conditional) - 0.8) < 0.07  # the conditional distribution's weight
     assert float(guided) > float(conditional) + 0.1  # guidance sharpens toward the condition
     assert fraction_right._cache_size() == 1  # the scale is traced: no recompile
+
+
+def test_guidance_scale_must_be_finite():
+    denoiser = ConditionalMixture(MEANS)
+    for scale in (float("nan"), float("inf"), jnp.array(jnp.nan), "2"):
+        with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
+            classifier_free(denoiser, scale)
+
+
+def test_guidance_of_a_plain_function_matches_the_pytree():
+    """A plain-function denoiser inside classifier-free guidance, through a jitted sampler."""
+    denoiser = ConditionalMixture(MEANS)
+    plain = lambda x, sigma, cond=None: denoiser(x, sigma, cond)  # noqa: E731
+    noise = jax.random.normal(jax.random.key(1), (8, 2))
+    cond = jnp.tile(jnp.array([[0.8, 0.2]]), (8, 1))
+    tree_x0, _ = samplers.solve_probability_flow(
+        classifier_free(denoiser, 2.0), noise, sigma_max=20.0, sigma_min=0.01, cond=cond
+    )
+    plain_x0, _ = samplers.solve_probability_flow(
+        classifier_free(plain, 2.0), noise, sigma_max=20.0, sigma_min=0.01, cond=cond
+    )
+    np.testing.assert_allclose(plain_x0, tree_x0, rtol=1e-6)
