@@ -66,6 +66,8 @@ __all__ = [
     "restore_train_state",
     "restore_config",
     "restore_spec",
+    "read_run_info",
+    "RunInfo",
     "load_run",
     "load_denoiser",
     "is_finite",
@@ -143,7 +145,7 @@ def _flat(tree, is_leaf=None) -> dict:
 def _array_digest(x: np.ndarray) -> str:
     """SHA-256 of an array's dtype, shape and C-order bytes."""
     h = hashlib.sha256(f"{np.dtype(x.dtype).name}{tuple(x.shape)}".encode())
-    h.update(np.ascontiguousarray(x).tobytes())
+    h.update(np.ascontiguousarray(x).reshape(-1).view(np.uint8))  # no copy of the bytes
     return h.hexdigest()
 
 
@@ -300,7 +302,10 @@ def _step_dir(manager, step: int) -> str:
 
 
 def _stored_items(manager, step: int) -> set:
-    return set(os.listdir(_step_dir(manager, step)))
+    try:
+        return set(os.listdir(_step_dir(manager, step)))
+    except OSError as error:
+        raise _Unreadable(f"step directory unreadable ({error.strerror})") from None
 
 
 def _describe(shape, dtype) -> str:
@@ -363,8 +368,11 @@ def _restore(manager, step: int, items: dict) -> dict:
     try:
         return manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as error:  # noqa: BLE001 - any read failure means "unreadable"
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        summary = first_line if len(first_line) <= 80 else first_line[:77] + "..."
         raise _Unreadable(
-            f"cannot read {'/'.join(sorted(items))} ({type(error).__name__})", repr(error)
+            f"cannot read {'/'.join(sorted(items))}: {type(error).__name__} {summary}".strip(),
+            repr(error),
         ) from None
 
 
@@ -504,25 +512,45 @@ def _read_only_manager(directory):
     return ocp.CheckpointManager(path, options=options)
 
 
-def _read_json(directory, *, step=None) -> tuple[int, dict]:
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """The JSON items of one checkpoint step (verified): ``spec`` is ``None`` for checkpoints
+    saved without one."""
+
+    step: int
+    config: dict
+    spec: dict | None
+    ema_names: tuple
+
+
+def read_run_info(directory, *, step=None) -> RunInfo:
+    """Step, config, spec and EMA names of the newest readable checkpoint (or of ``step``).
+    Pass ``step=info.step`` to :func:`load_run` to read the weights of that same step."""
+
+    def load_step(candidate):
+        values = _restore_json(manager, candidate, JSON_ITEMS)[0]
+        if values["config"] is None or values["info"] is None:
+            raise _Unreadable("config or info missing")
+        return values
+
     manager = _read_only_manager(directory)
     try:
-        return _first_readable(
-            manager, lambda s: _restore_json(manager, s, JSON_ITEMS)[0], step=step
-        )
+        found, values = _first_readable(manager, load_step, step=step)
     finally:
         manager.close()
+    names = tuple(values["info"].get("ema_names", ()))
+    return RunInfo(found, values["config"], values["spec"], names)
 
 
 def restore_config(directory, *, step=None) -> dict:
     """The config saved with the newest readable checkpoint under ``directory`` (verified)."""
-    return _read_json(directory, step=step)[1]["config"]
+    return read_run_info(directory, step=step).config
 
 
 def restore_spec(directory, *, step=None) -> dict | None:
     """The model spec saved with the newest readable checkpoint under ``directory`` (``None``
     for a checkpoint saved without one, e.g. before specs existed)."""
-    return _read_json(directory, step=step)[1]["spec"]
+    return read_run_info(directory, step=step).spec
 
 
 @dataclasses.dataclass(frozen=True)

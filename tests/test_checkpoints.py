@@ -210,6 +210,10 @@ def test_spec_is_saved_with_the_step_and_old_checkpoints_still_load(tmp_path):
     manager.close()
     assert checkpoints.restore_spec(tmp_path, step=0) == spec
     assert checkpoints.restore_spec(tmp_path) is None  # step 1 was saved without a spec
+    info = checkpoints.read_run_info(tmp_path)
+    assert (info.step, info.config, info.spec, info.ema_names) == (
+        1, {"name": "old"}, None, tuple(state.ema)
+    )
     # a checkpoint written before specs and checksums existed: the same items minus those two
     for name in ("spec", "checksums"):
         shutil.rmtree(tmp_path / "checkpoints" / "0" / name, ignore_errors=True)
