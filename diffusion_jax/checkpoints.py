@@ -107,7 +107,8 @@ class _ChecksumHandler(ocp.JsonCheckpointHandler):
     background commit (so the train loop only waits for the device-to-host copy)."""
 
     async def _save_fn(self, x, directory):
-        if self._primary_host is not None and jax.process_index() != self._primary_host:
+        primary = getattr(self, "_primary_host", 0)
+        if primary is not None and jax.process_index() != primary:
             return
         digests = await asyncio.to_thread(_checksums, x["arrays"], x["json"])
         await super()._save_fn(digests, directory)
@@ -177,7 +178,9 @@ def _host(x) -> np.ndarray:
 
 
 def _host_copy(tree):
-    """A numpy copy of ``tree`` (device-to-host transfers started together)."""
+    """The host value of every leaf of ``tree`` (device-to-host transfers started together). On
+    CPU these are views of the device buffers; JAX then declines to donate those buffers, so a
+    donated train step cannot overwrite them while they are hashed."""
     for leaf in jax.tree.leaves(tree):
         if isinstance(leaf, jax.Array) and leaf.is_fully_addressable:
             leaf.copy_to_host_async()
@@ -385,6 +388,12 @@ def _restore_json(manager, step: int, names) -> tuple[dict, dict | None]:
         items["checksums"] = _ChecksumRestore()
     restored = _restore(manager, step, items)
     checksums = restored.get("checksums") if "checksums" in present else None
+    if checksums is not None and not (
+        isinstance(checksums, dict)
+        and isinstance(checksums.get("arrays"), dict)
+        and isinstance(checksums.get("json"), dict)
+    ):
+        raise _Unreadable("checksums malformed")
     values = {}
     for name in names:
         value = restored[name] if name in items else None
@@ -406,7 +415,12 @@ def _move_aside(manager, step: int) -> str:
         while os.path.exists(final):
             suffix += 1
             final = f"{target}.{suffix}"
-        os.rename(_step_dir(manager, step), final)
+        try:
+            os.rename(_step_dir(manager, step), final)
+        except OSError as error:
+            raise CheckpointError(
+                f"cannot move unreadable checkpoint step {step} to {final}: {error.strerror}"
+            ) from None
         target = final
         _LOG.warning("moved unreadable checkpoint step %d to %s", step, target)
     if jax.process_count() > 1:
