@@ -41,11 +41,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
 import os
+import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -368,15 +371,69 @@ def _check_structure(manager, step: int, targets: dict) -> None:
 
 def _restore(manager, step: int, items: dict) -> dict:
     """Orbax restore of ``items`` (name -> restore args) at ``step``; failures are unreadable."""
+    _silence_abandoned_reads()
     try:
         return manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as error:  # noqa: BLE001 - any read failure means "unreadable"
         first_line = (str(error).strip().splitlines() or [""])[0]
         summary = first_line if len(first_line) <= 80 else first_line[:77] + "..."
-        raise _Unreadable(
+        unreadable = _Unreadable(
             f"cannot read {'/'.join(sorted(items))}: {type(error).__name__} {summary}".strip(),
             repr(error),
-        ) from None
+        )
+    gc.collect()  # the abandoned reads: reported now (to the debug log) rather than later
+    raise unreadable
+
+
+def _is_abandoned_read(exc_value, obj) -> bool:
+    """Whether an unraisable exception comes from the reads that a failed Orbax restore leaves
+    behind: its coroutines, or their callbacks on Orbax's closed event loop."""
+    if isinstance(exc_value, RuntimeError) and str(exc_value) == "Event loop is closed":
+        return True
+    code = getattr(obj, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+_READ_ERRORS = ("while reading array", "OCDBT", "TensorStore")  # Orbax's and TensorStore's
+
+
+class _AbandonedReadFilter(logging.Filter):
+    """Drops asyncio's "exception was never retrieved" about an abandoned Orbax read."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        if "never retrieved" in message and any(mark in message for mark in _READ_ERRORS):
+            _LOG.debug("after a failed read: %s", message[:200])
+            return False
+        return True
+
+
+_SILENCED = []
+
+
+def _silence_abandoned_reads() -> None:
+    """A failed Orbax restore abandons its other reads, which print hundreds of lines ("exception
+    was never retrieved", "Event loop is closed", "coroutine ... was never awaited") from
+    TensorStore threads and the garbage collector, during and after the failure. The first restore installs, for the rest of the
+    process, filters that send exactly those to the debug log (every other unraisable exception
+    and log record passes through)."""
+    if _SILENCED:
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if _is_abandoned_read(unraisable.exc_value, unraisable.object):
+            _LOG.debug("after a failed read: %r", unraisable.exc_value)
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_AbandonedReadFilter())
+    warnings.filterwarnings(
+        "ignore", r"coroutine '_read_array_index_and_device_put' was never awaited",
+        RuntimeWarning,
+    )
+    _SILENCED.append(hook)
 
 
 def _restore_json(manager, step: int, names) -> tuple[dict, dict | None]:

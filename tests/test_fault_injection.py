@@ -76,6 +76,16 @@ def _child(mode, workdir):
     sys.exit(3)  # not reached: the save kills the process
 
 
+def _resume_child(workdir):
+    """Resume a run whose two newest steps are truncated; print the step restored."""
+    from diffusion_jax import checkpoints
+
+    manager = checkpoints.make_manager(workdir)
+    state, _ = checkpoints.restore_train_state(manager, _initial())
+    manager.close()
+    print("resumed", int(state.step), flush=True)
+
+
 def _run_child(mode, workdir):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                JAX_PLATFORMS="cpu")
@@ -148,6 +158,17 @@ def test_kill_in_flight_leaves_an_intact_step(tmp_path):
 
 
 # ------------------------------------------------------------------------ corrupt newest step
+
+
+def test_resume_past_truncated_steps_prints_one_line_each(tmp_path):
+    _save_steps(tmp_path, [1, 2, 3]).close()
+    for step in (2, 3):
+        for path in _data_files(tmp_path, step, "ema"):
+            os.truncate(path, 0)
+    result = _run_child("resume", tmp_path)
+    assert result.returncode == 0 and result.stdout.split() == ["resumed", "1"], result.stderr
+    lines = result.stderr.splitlines()  # "unreadable" and "moved aside" for each, no tracebacks
+    assert len(lines) == 4 and all("step 3" in x or "step 2" in x for x in lines), lines[:8]
 
 
 def test_truncated_newest_step_is_moved_aside_and_rewritten(tmp_path, caplog):
@@ -342,5 +363,7 @@ def test_only_the_primary_process_takes_the_lock(tmp_path):
 if __name__ == "__main__":
     if sys.argv[1] == "lock":
         _lock_child(sys.argv[2], float(sys.argv[3]))
+    elif sys.argv[1] == "resume":
+        _resume_child(sys.argv[2])
     else:
         _child(sys.argv[1], sys.argv[2])
