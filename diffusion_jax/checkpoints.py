@@ -32,6 +32,12 @@ Guarantees:
   target: a mismatch (changed model size, optimiser or EMA names) raises one
   :class:`CheckpointMismatchError` line naming the first differing leaves and moves nothing.
 
+Reading: :func:`restore_train_state` (resume), :func:`load_run` (denoiser, config, spec, step and
+EMA name, all from one step), :func:`read_run_info` (the JSON items of one step, to pin the step
+before loading), and the older :func:`load_denoiser`, :func:`restore_config`, :func:`restore_spec`.
+A failed Orbax read leaves hundreds of lines of asyncio noise behind; the first restore installs
+narrow filters that send only those to the debug log.
+
 What is not guaranteed: the digests detect accidental corruption, not tampering (they are stored
 beside the data); a step is moved aside only when an older one is readable, so a run whose every
 step fails to load (e.g. a broken installation) raises instead of starting over.
