@@ -1,7 +1,9 @@
 """Checkpoints: round trip, exact resume, EMA-only loading, corrupt-checkpoint fallback."""
 
 import functools
+import logging
 import os
+import shutil
 import sys
 
 import jax
@@ -138,15 +140,17 @@ def test_load_denoiser_restores_ema_params(tmp_path):
         checkpoints.load_denoiser(tmp_path, build=train_cli.build_model, ema="nope")
 
 
-def test_truncated_checkpoint_falls_back_to_previous(tmp_path, capsys):
+def test_truncated_checkpoint_falls_back_to_previous(tmp_path, caplog):
     config, wrap, parts, saved = _tiny_run(tmp_path, 2)
     latest = tmp_path / "checkpoints" / "2"
     for root, _, files in os.walk(latest / "ema"):
         for name in files:
             with open(os.path.join(root, name), "r+b") as f:
                 f.truncate(0)
-    denoiser, _ = checkpoints.load_denoiser(tmp_path, build=train_cli.build_model)
-    assert "step 2" in capsys.readouterr().out
+    with caplog.at_level(logging.WARNING, logger=checkpoints.__name__):
+        denoiser, _ = checkpoints.load_denoiser(tmp_path, build=train_cli.build_model)
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == checkpoints.__name__]
+    assert "step 2 is unreadable" in warning and len(warning) < 200
     from flax import nnx
 
     (ema_name,) = saved[0].ema
@@ -163,3 +167,84 @@ def test_never_saves_a_non_finite_state(tmp_path):
     assert manager.all_steps() == []
     with pytest.raises(checkpoints.CheckpointError, match="no checkpoint"):
         checkpoints.restore_train_state(manager, state)
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.0])
+def test_max_to_keep_must_be_positive(tmp_path, bad):
+    with pytest.raises(ValueError, match="max_to_keep must be a positive integer"):
+        checkpoints.make_manager(tmp_path, max_to_keep=bad)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_max_to_keep_none_keeps_every_step(tmp_path):
+    state, _ = _fresh()
+    manager = checkpoints.make_manager(tmp_path, max_to_keep=None)
+    for k in range(1, 5):
+        checkpoints.save(manager, state.replace(step=jnp.asarray(k, jnp.int32)), {})
+    manager.wait_until_finished()
+    assert manager.all_steps() == [1, 2, 3, 4]
+    manager.close()
+
+
+def test_saving_an_existing_step_is_a_no_op(tmp_path):
+    state, _ = _fresh()
+    manager = checkpoints.make_manager(tmp_path)
+    assert checkpoints.save(manager, state, {"first": True})
+    manager.wait_until_finished()
+    changed = state.replace(params=jax.tree.map(lambda x: x + 1, state.params))
+    assert not checkpoints.save(manager, changed, {"first": False})
+    assert not checkpoints.save(manager, changed, {"first": False}, force=True)
+    manager.wait_until_finished()
+    restored, config = checkpoints.restore_train_state(manager, state)
+    assert config == {"first": True}
+    _assert_trees_equal(restored.params, state.params)
+
+
+def test_spec_is_saved_with_the_step_and_old_checkpoints_still_load(tmp_path):
+    state, _ = _fresh()
+    manager = checkpoints.make_manager(tmp_path)
+    spec = {"network": "MLP", "hidden_dim": 32, "shape": [2]}
+    checkpoints.save(manager, state, {"name": "with spec"}, spec=spec)
+    checkpoints.save(manager, state.replace(step=jnp.asarray(1, jnp.int32)), {"name": "old"})
+    manager.wait_until_finished()
+    manager.close()
+    assert checkpoints.restore_spec(tmp_path, step=0) == spec
+    assert checkpoints.restore_spec(tmp_path) is None  # step 1 was saved without a spec
+    info = checkpoints.read_run_info(tmp_path)
+    assert (info.step, info.config, info.spec, info.ema_names) == (
+        1, {"name": "old"}, None, tuple(state.ema)
+    )
+    # a checkpoint written before specs and checksums existed: the same items minus those two
+    for name in ("spec", "checksums"):
+        shutil.rmtree(tmp_path / "checkpoints" / "0" / name, ignore_errors=True)
+    assert checkpoints.restore_spec(tmp_path, step=0) is None
+    assert checkpoints.restore_config(tmp_path, step=0) == {"name": "with spec"}
+    restored, _ = checkpoints.restore_train_state(
+        checkpoints.make_manager(tmp_path), state, step=0
+    )
+    _assert_trees_equal(restored, state)
+
+
+def test_restore_config_verifies_its_checksum(tmp_path, caplog):
+    state, _ = _fresh()
+    manager = checkpoints.make_manager(tmp_path)
+    for k in (1, 2):
+        checkpoints.save(manager, state.replace(step=jnp.asarray(k, jnp.int32)), {"lr": k})
+    manager.wait_until_finished()
+    manager.close()
+    path = tmp_path / "checkpoints" / "2" / "config" / "metadata"
+    path.write_text(path.read_text().replace("2", "7"))  # valid JSON, wrong value
+    with caplog.at_level(logging.WARNING, logger=checkpoints.__name__):
+        assert checkpoints.restore_config(tmp_path) == {"lr": 1}
+    assert "checksum mismatch in config" in caplog.text
+    with pytest.raises(checkpoints.CheckpointError, match="checksum mismatch in config"):
+        checkpoints.restore_config(tmp_path, step=2)
+
+
+def test_readers_do_not_create_a_missing_run(tmp_path):
+    missing = tmp_path / "no_such_run"
+    with pytest.raises(checkpoints.CheckpointError, match="no checkpoints in"):
+        checkpoints.load_denoiser(missing, build=train_cli.build_model)
+    with pytest.raises(checkpoints.CheckpointError, match="no checkpoints in"):
+        checkpoints.restore_config(missing)
+    assert not missing.exists()
