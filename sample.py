@@ -76,10 +76,7 @@ def main(argv):
             if labels is not None:
                 raise ValueError("pass --class or --labels, not both")
             labels = [int(label) for label in FLAGS.labels]
-        recipes.loading.check_run_directory(FLAGS.workdir)
-        stored = checkpoints.restore_config(FLAGS.workdir, step=FLAGS.step)
-        run = recipes.load(FLAGS.workdir, step=FLAGS.step,
-                           ema=FLAGS.ema or recipes.as_config(stored).sample.ema)
+        run = recipes.load(FLAGS.workdir, step=FLAGS.step, ema=FLAGS.ema or "config")
         sc = run.config.sample
         sampler = FLAGS.sampler or sc.sampler
         grid = FLAGS.grid or sc.grid

@@ -16,7 +16,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from diffusion_jax import checkpoints
+from diffusion_jax import checkpoints, runlock
 from diffusion_jax.recipes import runtime
 
 FLAGS = flags.FLAGS
@@ -51,7 +51,8 @@ def main(argv):
                                        FLAGS.process_id)
         result = recipes.train(FLAGS.config, FLAGS.workdir,
                                allow_config_change=FLAGS.allow_config_change)
-    except (FloatingPointError, ValueError, FileNotFoundError, checkpoints.CheckpointError) as e:
+    except (FloatingPointError, ValueError, FileNotFoundError, checkpoints.CheckpointError,
+            runlock.RunLockedError) as e:
         runtime.fail(e)
     if result.stopped:
         raise SystemExit(runtime.EXIT_STOPPED)

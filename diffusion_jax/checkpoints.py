@@ -686,8 +686,12 @@ def load_run(
         target = parts.params if name is None else {n: parts.params for n in info["ema_names"]}
         _check_structure(manager, candidate, {item: target, "buffers": parts.buffers})
 
+        # default: this process's first device, so a checkpoint written by several processes
+        # (another topology) restores in one process (Orbax refuses a target without shardings)
+        target_sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
         def shard_of(tree):
-            return None if sharding is None else jax.tree.map(lambda _: sharding, tree)
+            return jax.tree.map(lambda _: target_sharding, tree)
 
         items = {item: ocp.args.StandardRestore(_abstract(target, shard_of(target)))}
         has_buffers = bool(jax.tree.leaves(parts.buffers))

@@ -4,7 +4,6 @@ import functools
 import logging
 import os
 import shutil
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +11,9 @@ import numpy as np
 import pytest
 from _multihost_worker import batches, tiny_problem
 
-from diffusion_jax import checkpoints, sharding, training
+from diffusion_jax import checkpoints, recipes, sharding, training
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import train as train_cli  # noqa: E402  (the CLI's name -> constructor table)
-from configs import tiny  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @functools.cache
@@ -88,15 +84,15 @@ def test_resume_is_exact(tmp_path):
 
 @functools.cache
 def _tiny_problem():
-    config = tiny.get_config()
-    network, wrap = train_cli.build_model(config)
-    emas = train_cli.ema_schedules(config)
+    config = recipes.load_config(os.path.join(ROOT, "configs", "tiny.py"))
+    network, wrap = recipes.build_model(config)
+    emas = recipes.ema_schedules(config)
     optimizer, _ = training.make_optimizer(learning_rate=1e-2)
     state, parts = training.create_train_state(
         network, optimizer, key=jax.random.key(0), ema_names=tuple(emas)
     )
     step = jax.jit(training.make_train_step(
-        parts, train_cli.make_loss_fn(config, wrap), optimizer, ema_decays=emas
+        parts, recipes.make_loss_fn(config, wrap), optimizer, ema_decays=emas
     ))
     return config, wrap, parts, state, step
 
@@ -119,7 +115,7 @@ def _tiny_run(tmp_path, num_steps, *, save_every=1):
 def test_load_denoiser_restores_ema_params(tmp_path):
     config, wrap, parts, saved = _tiny_run(tmp_path, 3)
     final = saved[-1]
-    denoiser, loaded_config = checkpoints.load_denoiser(tmp_path, build=train_cli.build_model)
+    denoiser, loaded_config = checkpoints.load_denoiser(tmp_path, build=recipes.build_model)
     assert loaded_config["model"]["hidden_dim"] == config.model.hidden_dim
     (ema_name,) = final.ema
     from flax import nnx
@@ -127,7 +123,7 @@ def test_load_denoiser_restores_ema_params(tmp_path):
     _assert_trees_equal(nnx.state(denoiser.network, nnx.Param), final.ema[ema_name])
     replicated = sharding.replicated(sharding.make_mesh())
     raw, _ = checkpoints.load_denoiser(
-        tmp_path, build=train_cli.build_model, ema=False, sharding=replicated
+        tmp_path, build=recipes.build_model, ema=False, sharding=replicated
     )
     _assert_trees_equal(nnx.state(raw.network, nnx.Param), final.params)
     assert all(x.sharding == replicated for x in jax.tree.leaves(nnx.state(raw.network)))
@@ -137,7 +133,7 @@ def test_load_denoiser_restores_ema_params(tmp_path):
     np.testing.assert_allclose(denoiser(x, 0.7), expected, rtol=1e-6)
     assert not np.allclose(denoiser(x, 0.7), raw(x, 0.7))
     with pytest.raises(checkpoints.CheckpointError, match="unknown EMA"):
-        checkpoints.load_denoiser(tmp_path, build=train_cli.build_model, ema="nope")
+        checkpoints.load_denoiser(tmp_path, build=recipes.build_model, ema="nope")
 
 
 def test_truncated_checkpoint_falls_back_to_previous(tmp_path, caplog):
@@ -148,7 +144,7 @@ def test_truncated_checkpoint_falls_back_to_previous(tmp_path, caplog):
             with open(os.path.join(root, name), "r+b") as f:
                 f.truncate(0)
     with caplog.at_level(logging.WARNING, logger=checkpoints.__name__):
-        denoiser, _ = checkpoints.load_denoiser(tmp_path, build=train_cli.build_model)
+        denoiser, _ = checkpoints.load_denoiser(tmp_path, build=recipes.build_model)
     (warning,) = [r.getMessage() for r in caplog.records if r.name == checkpoints.__name__]
     assert "step 2 is unreadable" in warning and len(warning) < 200
     from flax import nnx
@@ -244,7 +240,7 @@ def test_restore_config_verifies_its_checksum(tmp_path, caplog):
 def test_readers_do_not_create_a_missing_run(tmp_path):
     missing = tmp_path / "no_such_run"
     with pytest.raises(checkpoints.CheckpointError, match="no checkpoints in"):
-        checkpoints.load_denoiser(missing, build=train_cli.build_model)
+        checkpoints.load_denoiser(missing, build=recipes.build_model)
     with pytest.raises(checkpoints.CheckpointError, match="no checkpoints in"):
         checkpoints.restore_config(missing)
     assert not missing.exists()

@@ -60,21 +60,28 @@ def _ema_choice(ema):
 def load(workdir, *, step: int | None = None, ema: bool | str = "first",
          build: Callable | None = None, sharding=None) -> Run:
     """Load the run in ``workdir``: the newest readable checkpoint (or exactly ``step``), the
-    first EMA (``ema="first"``), the raw parameters (``"raw"``) or a named EMA.
+    first EMA (``ema="first"``), the raw parameters (``"raw"``), a named EMA, or the run's own
+    choice ``config.sample.ema`` (``"config"``).
 
     ``build(config) -> (network, wrap)`` overrides the spec for custom networks. ``sharding``
-    places the restored arrays. Config, spec and weights all come from the same step.
+    places the restored arrays (default: this process's first device). Config, spec and weights
+    all come from the same step, verified against the checksums saved with it.
     """
     check_run_directory(workdir)
 
-    def build_from_spec(config, spec=None):
+    def build_from_spec(config, spec):
         spec = spec_of(as_config(config), spec)
         network = network_from_spec(spec)
         return network, (lambda net: model_from_spec(spec, net))
 
+    def build_override(config, spec):
+        return build(config)
+
+    if ema == "config":
+        ema = as_config(checkpoints.read_run_info(workdir, step=step).config).sample.ema
     loaded = checkpoints.load_run(
-        workdir, build=build or build_from_spec, ema=_ema_choice(ema), step=step,
-        sharding=sharding,
+        workdir, build=build_override if build else build_from_spec, ema=_ema_choice(ema),
+        step=step, sharding=sharding,
     )
     config = as_config(loaded.config)
     return Run(

@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from diffusion_jax import checkpoints, data, sharding, training
+from diffusion_jax import checkpoints, data, runlock, sharding, training
 from diffusion_jax.recipes import runtime
 from diffusion_jax.recipes.builders import COMPUTE_DTYPES, as_config, build_model, model_spec
 from diffusion_jax.recipes.config_check import check_resume_config, validate_config
@@ -104,10 +104,16 @@ def _metric_rows(pending, fetched):
 
 
 def train(config, workdir, *, allow_config_change: bool = False) -> TrainResult:
-    """Run (or resume) training of ``config`` in ``workdir``."""
+    """Run (or resume) training of ``config`` in ``workdir``, holding the run's lock (process 0
+    of a multi-host run) so that a second run on the same directory fails at once."""
     config = as_config(config)
     validate_config(config)
     workdir = check_workdir(workdir)
+    with runlock.RunLock(workdir, primary=runtime.is_primary()):
+        return _train_locked(config, workdir, allow_config_change)
+
+
+def _train_locked(config, workdir, allow_config_change):
     tc = config.train
     family = family_module(config)
     primary = runtime.is_primary()
@@ -126,6 +132,7 @@ def train(config, workdir, *, allow_config_change: bool = False) -> TrainResult:
     manager = checkpoints.make_manager(workdir, max_to_keep=tc.max_to_keep)
     try:
         if manager.latest_step() is not None:
+            # compare the stored config before touching the arrays: one line naming the fields
             stored = checkpoints.restore_config(workdir)
             if primary:
                 check_resume_config(workdir, stored, config_dict,
@@ -134,7 +141,7 @@ def train(config, workdir, *, allow_config_change: bool = False) -> TrainResult:
             print(f"resumed from step {int(state.step)} in {workdir}", flush=True)
         arrays = (family.load_arrays or load_arrays)(config)
     except BaseException:
-        manager.close()
+        manager.close()  # restore_train_state closes it when it raises; closing twice is safe
         raise
     state = sharding.place_state(state, state_sharding)
     start_step = int(state.step)
@@ -187,9 +194,7 @@ def train(config, workdir, *, allow_config_change: bool = False) -> TrainResult:
 
     def save(force=False):
         flush_metrics()
-        if manager.latest_step() == int(state.step):
-            return
-        checkpoints.save(manager, state, config_dict, force=force)
+        checkpoints.save(manager, state, config_dict, spec=spec, force=force)
 
     def ema_model():
         return wrap(training.merge_network(parts, state.ema[next(iter(emas))], state.buffers))
