@@ -71,7 +71,7 @@ def warn_if_not_unit(noise):
     """Warn when concrete ``noise`` is clearly not unit Gaussian (its RMS far from 1)."""
     if not _is_concrete(noise) or noise.size < 8:
         return
-    rms = float(jnp.sqrt(jnp.mean(jnp.square(noise.astype(jnp.float32)))))
+    rms = float(np.sqrt(np.mean(np.square(np.asarray(noise, np.float64)))))
     low, high = _NOISE_RMS_RANGE
     if not low <= rms <= high:
         warnings.warn(
