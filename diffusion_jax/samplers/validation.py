@@ -24,19 +24,21 @@ __all__ = ["checked", "check_grid_in_jit"]
 
 def check_grid_in_jit(sigmas, dtype):
     """``checkify.check`` that ``sigmas`` (in ``dtype``) is finite, strictly descending, ends in
-    0, and has no positive value below the smallest normal number of ``dtype``."""
+    0, and has no positive value below the smallest normal number of ``dtype`` (each check's
+    format arguments have their own names: checkify mixes up same-named ones)."""
     sigmas = jnp.asarray(sigmas).astype(dtype)
     finite = jnp.isfinite(sigmas)
     checkify.check(
-        jnp.all(finite), "sigmas must be finite: sigmas[{i}] = {value}",
-        i=jnp.argmin(finite), value=sigmas[jnp.argmin(finite)],
+        jnp.all(finite), "sigmas must be finite: sigmas[{bad}] = {bad_value}",
+        bad=jnp.argmin(finite), bad_value=sigmas[jnp.argmin(finite)],
     )
-    checkify.check(sigmas[-1] == 0, "sigmas must end in 0; the last value is {value}",
-                   value=sigmas[-1])
+    checkify.check(sigmas[-1] == 0, "sigmas must end in 0; the last value is {last}",
+                   last=sigmas[-1])
     zero_inside = sigmas[:-1] == 0
     checkify.check(
-        ~jnp.any(zero_inside), "sigmas has a 0 before its end, at index {i} (of {n})",
-        i=jnp.argmax(zero_inside), n=sigmas.shape[0],
+        ~jnp.any(zero_inside),
+        f"sigmas has a 0 before its end, at index {{zero}} (of {sigmas.shape[0]})",
+        zero=jnp.argmax(zero_inside),
     )
     descending = sigmas[1:] < sigmas[:-1]
     i = jnp.argmin(descending)
@@ -47,8 +49,8 @@ def check_grid_in_jit(sigmas, dtype):
     )
     tiny = jnp.finfo(dtype).tiny
     checkify.check(
-        sigmas[-2] >= tiny, "sigmas above 0 must be normal numbers (>= {tiny}); got {value}",
-        tiny=jnp.asarray(tiny, dtype), value=sigmas[-2],
+        sigmas[-2] >= tiny, "sigmas above 0 must be normal numbers (>= {tiny}); got {smallest}",
+        tiny=jnp.asarray(tiny, dtype), smallest=sigmas[-2],
     )
 
 
@@ -66,8 +68,8 @@ def checked(sampler):
         for name in NONNEGATIVE_OPTIONS:
             if name in kwargs:
                 value = jnp.asarray(kwargs[name])
-                checkify.check(value >= 0, f"{name} must be >= 0 and not NaN; got {{value}}",
-                               value=value)
+                checkify.check(value >= 0, f"{name} must be >= 0 and not NaN; got {{{name}}}",
+                               **{name: value})
         result = sampler(denoiser, noise, sigmas, **kwargs)
         x0 = result[0] if isinstance(result, tuple) else result
         checkify.check(
