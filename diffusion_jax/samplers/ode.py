@@ -63,9 +63,7 @@ def _heun_step(denoiser, carry, inputs, cond):
     return (x_next,), x0_hat
 
 
-def _adams_bashforth(
-    denoiser, noise, sigmas, cond, callback, return_trajectory, order, weights_fn
-):
+def _adams_bashforth(weights_fn, order, denoiser, noise, sigmas, cond, callback, return_trajectory):
     """Shared driver of the multistep methods on ``d = dx/dsigma``: ``x_next = x + sum_j w_j
     d_{i-j}`` with the weights from ``weights_fn(sigma_nodes, sigma_next, step_order)``, a
     lower-order warm-up (``step_order = min(i + 1, order)``) and the first-order step to 0."""
@@ -119,9 +117,8 @@ def lms(
     """
     del key
     check_order(order, (1, 2, 3, 4), "lms")
-    return _adams_bashforth(
-        denoiser, noise, sigmas, cond, callback, return_trajectory, order, _lms_weights
-    )
+    return _adams_bashforth(_lms_weights, order, denoiser, noise, sigmas, cond, callback,
+                            return_trajectory)
 
 
 _IPNDM_COEFFICIENTS = (
@@ -151,9 +148,8 @@ def ipndm(
     """
     del key
     check_order(order, (1, 2, 3, 4), "ipndm")
-    return _adams_bashforth(
-        denoiser, noise, sigmas, cond, callback, return_trajectory, order, _ipndm_weights
-    )
+    return _adams_bashforth(_ipndm_weights, order, denoiser, noise, sigmas, cond, callback,
+                            return_trajectory)
 
 
 SAMPLERS = (

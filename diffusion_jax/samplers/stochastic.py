@@ -11,6 +11,8 @@ run from large to small sigma (Song et al. 2021, eq. 6), with ``score = (D - x) 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -66,10 +68,7 @@ def ddim(
         check_key(key, "ddim with eta != 0")
     else:
         key = None
-
-    def update(x, x0_hat, sigma, sigma_next, step_key):
-        return ddim_update(x, x0_hat, sigma, sigma_next, step_key, eta)
-
+    update = functools.partial(ddim_update, eta=eta)
     return _single_step_sampler(
         update, denoiser, noise, sigmas, key, cond, callback, return_trajectory
     )
@@ -86,10 +85,7 @@ def ancestral(
     """
     check_key(key, "ancestral")
     check_nonnegative("ancestral", eta=eta, s_noise=s_noise)
-
-    def update(x, x0_hat, sigma, sigma_next, step_key):
-        return ancestral_update(x, x0_hat, sigma, sigma_next, step_key, eta, s_noise)
-
+    update = functools.partial(ancestral_update, eta=eta, s_noise=s_noise)
     return _single_step_sampler(
         update, denoiser, noise, sigmas, key, cond, callback, return_trajectory
     )
