@@ -5,6 +5,7 @@ as well as pytrees (equal results and gradients) and reports each step to a call
 
 import dataclasses
 import inspect
+import pathlib
 
 import equinox as eqx
 import jax
@@ -151,3 +152,8 @@ def test_callback_reports_every_step_under_jit(name):
                                        rtol=1e-4, atol=1e-5)
     assert reports[-1]["sigma_next"] == 0.0
     np.testing.assert_allclose(trajectory[-1], x0)
+
+
+def test_docs_table_is_the_registry():
+    docs = (pathlib.Path(__file__).parents[1] / "docs" / "samplers.md").read_text()
+    assert samplers.registry.markdown_table() in docs

@@ -15,7 +15,7 @@ import pkgutil
 
 from diffusion_jax.samplers._info import COMMON_KEYWORDS, SamplerInfo, Variant
 
-__all__ = ["SAMPLERS", "SamplerInfo", "Variant", "COMMON_KEYWORDS", "get", "names"]
+__all__ = ["SAMPLERS", "SamplerInfo", "Variant", "COMMON_KEYWORDS", "get", "names", "markdown_table"]
 
 _PACKAGE = __name__.rpartition(".")[0]
 
@@ -50,3 +50,36 @@ def get(name):
         if info.name == name:
             return info
     raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(names())}")
+
+
+def _formula(nfe):
+    """The NFE formula of an NFE function: the first ````...```` of its docstring."""
+    doc = nfe.__doc__ or ""
+    parts = doc.split("``")
+    return parts[1] if len(parts) > 2 else f"{nfe(1)}, {nfe(2)}, {nfe(3)}, ... for N = 1, 2, 3"
+
+
+def _options(options):
+    return ", ".join(f"{k}={v!r}" for k, v in options.items())
+
+
+def markdown_table():
+    """The sampler table of ``docs/samplers.md``, rendered from :data:`SAMPLERS`."""
+    lines = [
+        "| name | stochastic | key needed | order | NFE (N steps) | options | variants: order, NFE "
+        "| summary | source |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for info in SAMPLERS:
+        variants = "; ".join(
+            f"`{_options(v.options)}`: {'-' if v.order is None else v.order}, {_formula(v.nfe)}"
+            for v in info.variants
+        )
+        options = ", ".join(f"`{option}`" for option in info.options)
+        order = "-" if info.order is None else str(info.order)
+        lines.append(
+            f"| `{info.name}` | {'yes' if info.stochastic else 'no'} | "
+            f"{'yes' if info.needs_key else 'no'} | {order} | {_formula(info.nfe)} | {options} | "
+            f"{variants} | {info.summary} | {info.source} |"
+        )
+    return "\n".join(lines)
