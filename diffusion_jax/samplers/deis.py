@@ -35,6 +35,7 @@ def deis(
     (its first-order step limits the asymptotic order to 2; ``singlestep_warmup`` takes the first
     step with DPM-Solver-2 instead, +1 NFE); the step to 0 returns ``x0_hat``.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N (N + 1 with ``singlestep_warmup``).
     """
     del key

@@ -127,6 +127,7 @@ def dpm_solver_2(
     ``data_prediction=True``, DPM-Solver-2 (Lu et al. 2022a, Alg. 1) otherwise; the midpoint is
     the logSNR midpoint ``sqrt(sigma_i sigma_{i+1})``.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: 2(N - 1) + 1 = 2N - 1.
     """
     del key
@@ -142,6 +143,7 @@ def dpm_solver_3(
     """Singlestep third-order DPM-Solver: DPM-Solver++(3S) with ``data_prediction=True``,
     DPM-Solver-3 (Lu et al. 2022a, Alg. 2, r1 = 1/3, r2 = 2/3) otherwise.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: 3(N - 1) + 1 = 3N - 2.
     """
     del key
@@ -230,6 +232,7 @@ def dpmpp_2m(
     ``x_next = (s_next/s) x - expm1(-h) D``, ``D = (1 + 1/2r) x0_hat - 1/2r x0_prev``. First
     step first order (warm-up); the step to 0 returns ``x0_hat``.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N.
     """
     del key
@@ -249,6 +252,7 @@ def dpmpp_3m(
     ``singlestep_warmup`` the first step is DPM-Solver++(2S) instead, +1 NFE, and the order is 3);
     with ``lower_order_final`` the last step above 0 is second order.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N (N + 1 with ``singlestep_warmup``).
     """
     del key
@@ -266,6 +270,7 @@ def dpmpp_2m_sde(
     ``x_next = e^(-(1+eta)h) x + (1 - e^(-(1+eta)h)) x0_hat + ... + sigma_next
     sqrt(1 - e^(-2 eta h)) z``. With ``eta = 1`` the first step is the DDPM ancestral step.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N.
     """
     check_key(key, "dpmpp_2m_sde")
@@ -291,6 +296,7 @@ def dpmpp_3m_sde(
     (``fold_in(key, i)``) where k-diffusion defaults to a Brownian-tree noise sampler. The step
     to 0 returns ``x0_hat`` in both.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N.
     """
     check_key(key, "dpmpp_3m_sde")

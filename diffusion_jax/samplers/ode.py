@@ -29,6 +29,7 @@ def euler(denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=Fal
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Alg. 1 without the
     correction; identical to DDIM with eta 0, Song et al. 2021 "DDIM", eq. 13).
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N.
     """
     del key
@@ -48,6 +49,7 @@ def heun(denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=Fals
     """Heun's second-order method (Karras et al. 2022, Alg. 1): trapezoidal correction on every
     step that ends above 0, a plain Euler step to ``sigma = 0``.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: 2N - 1.
     """
     del key
@@ -113,6 +115,7 @@ def lms(
     global order to 2 for ``order >= 2``); the step to 0 is first order, ``D(x, sigma_{N-1})``
     (k-diffusion takes it at full order, which in float32 amplifies rounding).
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N.
     """
     del key
@@ -144,6 +147,7 @@ def ipndm(
     exact only on uniform grids; on others, and with its first-order warm-up step, the measured
     global order is 1 to 2. The step to 0 is first order, ``D(x, sigma_{N-1})``.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N.
     """
     del key

@@ -61,6 +61,7 @@ def ddim(
     sqrt(sigma_next^2 - c^2) eps_hat + c z`` with ``c = eta sigma_next sqrt(1 - sigma_next^2 /
     sigma^2)``. ``eta = 0`` is deterministic (= :func:`euler`, no key needed); ``eta = 1`` is DDPM.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N.
     """
     check_nonnegative("ddim", eta=eta)
@@ -81,6 +82,7 @@ def ancestral(
     """Ancestral sampling (DDPM, Ho et al. 2020, Alg. 2, in the VE frame = k-diffusion's
     "Euler ancestral"): Euler to ``sigma_down``, then noise ``s_noise * sigma_up * z``.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N.
     """
     check_key(key, "ancestral")
@@ -100,6 +102,7 @@ def edm_stochastic(
     ``S_tmin <= sigma <= S_tmax`` (adding ``sqrt(sigma_hat^2 - sigma^2) S_noise z``), then a Heun
     step from ``sigma_hat`` (Euler on the step to 0). With ``s_churn = 0`` it is :func:`heun`.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: 2N - 1.
     """
     check_nonnegative(
@@ -140,6 +143,7 @@ def euler_maruyama(
     sqrt(2 sigma (sigma - sigma_next)) z``. The step to 0 is the noise-free Tweedie denoising
     ``x0 = D(x, sigma)`` (score_sde's ``noise_removal``).
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N.
     """
     check_key(key, "euler_maruyama")
@@ -188,6 +192,7 @@ def predictor_corrector(
     :func:`langevin_step_size`). The callback's ``x0_hat`` is the first corrector evaluation
     (``None`` with ``corrector_steps=0``).
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N (corrector_steps + 1).
     """
     check_key(key, "predictor_corrector")

@@ -68,6 +68,7 @@ def unipc(
     step. The corrector raises the order by one for ``order`` 1 and 2; for ``order = 3`` the
     measured global order is 3, not 4 (the warm-up and the uncorrected last step limit it).
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N.
     """
     del key
