@@ -16,7 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.denoisers import probability_flow_derivative
+from diffusion_jax.denoisers import probability_flow_derivative, score_from_denoiser
 from diffusion_jax.samplers._core import (
     check_key,
     check_nonnegative,
@@ -205,9 +205,9 @@ def predictor_corrector(
         step_key = jax.random.fold_in(key, index)
         x0_first = None
         for m in range(corrector_steps):
-            x0_hat = denoiser(x, sigma, cond)
-            x0_first = x0_hat if x0_first is None else x0_first
-            score = (x0_hat - x) / expand(sigma, x) ** 2
+            score = score_from_denoiser(denoiser, x, sigma, cond)
+            if x0_first is None:
+                x0_first = x + expand(sigma, x) ** 2 * score
             z = step_noise(step_key, m + 1, x)
             step_size = langevin_step_size(score, z, snr, per_example_step)
             x = x + expand(step_size, x) * score + expand(jnp.sqrt(2.0 * step_size), x) * z
