@@ -17,6 +17,7 @@ from diffusion_jax.samplers._info import (
     SamplerInfo,
     Variant,
     one_per_step,
+    one_per_step_and_warmup,
     two_per_step_then_one,
 )
 from diffusion_jax.samplers._lagrange import lagrange_weights, power_moments
@@ -61,14 +62,18 @@ def heun(denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=Fals
 
 def _heun_step(denoiser, carry, inputs, cond):
     (x,), (sigma, sigma_next, _) = carry, inputs
-    x_next, x0_hat = heun_update(denoiser, x, sigma, sigma_next, cond)
+    x_next, x0_hat, _ = heun_update(denoiser, x, sigma, sigma_next, cond)
     return (x_next,), x0_hat
 
 
-def _adams_bashforth(weights_fn, order, denoiser, noise, sigmas, cond, callback, return_trajectory):
+def _adams_bashforth(
+    weights_fn, order, denoiser, noise, sigmas, cond, callback, return_trajectory,
+    singlestep_warmup=False,
+):
     """Shared driver of the multistep methods on ``d = dx/dsigma``: ``x_next = x + sum_j w_j
     d_{i-j}`` with the weights from ``weights_fn(sigma_nodes, sigma_next, step_order)``, a
-    lower-order warm-up (``step_order = min(i + 1, order)``) and the first-order step to 0."""
+    lower-order warm-up (``step_order = min(i + 1, order)``; with ``singlestep_warmup`` the first
+    step is Heun's instead of Euler's) and the first-order step to 0."""
 
     def empty_history(x_start, sigmas):
         return jnp.zeros((order,) + x_start.shape, x_start.dtype)
@@ -91,9 +96,15 @@ def _adams_bashforth(weights_fn, order, denoiser, noise, sigmas, cond, callback,
         x_next = x + jnp.tensordot(weights, history, axes=1)
         return (x_next, history, nodes), x - expand(sigma, x) * derivative
 
+    def heun_warmup(denoiser, carry, sigmas, cond):
+        x_start, history, nodes = carry
+        x_first, x0_hat, derivative = heun_update(denoiser, x_start, sigmas[0], sigmas[1], cond)
+        return (x_first, history.at[0].set(derivative), nodes.at[0].set(sigmas[0])), x0_hat
+
     return sample(
         step, denoiser, noise, sigmas, cond=cond, callback=callback,
         return_trajectory=return_trajectory, carry_rest=(empty_history, placeholder_nodes),
+        warmup=heun_warmup if singlestep_warmup else None,
     )
 
 
@@ -106,22 +117,24 @@ def _lms_weights(nodes, sigma_next, order):
 
 def lms(
     denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
-    order=4,
+    order=4, singlestep_warmup=False,
 ):
     """Linear multistep (variable-step Adams-Bashforth) in sigma: the previous ``order``
     derivatives are interpolated by a Lagrange polynomial in sigma whose integral over the step is
     exact (Karras et al. 2022 / k-diffusion ``sample_lms``; Hairer, Norsett & Wanner, "Solving
-    ODEs I", III.5, eq. 5.5). Warm-up with lower orders (its first-order step limits the measured
-    global order to 2 for ``order >= 2``); the step to 0 is first order, ``D(x, sigma_{N-1})``
-    (k-diffusion takes it at full order, which in float32 amplifies rounding).
+    ODEs I", III.5, eq. 5.5). Warm-up with lower orders: its first-order step limits the measured
+    global order to 2 for ``order >= 2``; ``singlestep_warmup`` takes the first step with Heun
+    instead (+1 NFE), which restores order 3 (for ``order`` 3 and 4: the second step is still
+    AB2). The step to 0 is first order, ``D(x, sigma_{N-1})`` (k-diffusion takes it at full
+    order, which in float32 amplifies rounding).
 
     ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
-    NFE for a grid of N steps: N.
+    NFE for a grid of N steps: N (N + 1 with ``singlestep_warmup``).
     """
     del key
     check_order(order, (1, 2, 3, 4), "lms")
     return _adams_bashforth(_lms_weights, order, denoiser, noise, sigmas, cond, callback,
-                            return_trajectory)
+                            return_trajectory, singlestep_warmup)
 
 
 _IPNDM_COEFFICIENTS = (
@@ -169,9 +182,14 @@ SAMPLERS = (
     ),
     SamplerInfo(
         "lms", lms, stochastic=False, needs_key=False, order=2, nfe=one_per_step,
-        options=("order",), summary="variable-step Adams-Bashforth in sigma, orders 1-4",
+        options=("order", "singlestep_warmup"),
+        summary="variable-step Adams-Bashforth in sigma, orders 1-4; order 3 with singlestep_warmup",
         source="k-diffusion sample_lms; Hairer et al. III.5",
-        variants=(Variant({"order": 1}, 1, one_per_step), Variant({"order": 2}, 2, one_per_step)),
+        variants=(
+            Variant({"order": 1}, 1, one_per_step),
+            Variant({"order": 2}, 2, one_per_step),
+            Variant({"singlestep_warmup": True}, 3, one_per_step_and_warmup),
+        ),
     ),
     SamplerInfo(
         "ipndm", ipndm, stochastic=False, needs_key=False, order=2, nfe=one_per_step,

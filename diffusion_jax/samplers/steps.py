@@ -34,12 +34,13 @@ def euler_step(denoiser, x, sigma, sigma_next, key=None, cond=None):
 
 def heun_update(denoiser, x, sigma, sigma_next, cond):
     """Heun's trapezoidal step from ``sigma`` to ``sigma_next > 0`` on ``dx/dsigma`` (Karras et al.
-    2022, Alg. 1 lines 5-8); returns ``(x_next, x0_hat at (x, sigma))``. Two evaluations."""
+    2022, Alg. 1 lines 5-8); returns ``(x_next, x0_hat, derivative)`` at ``(x, sigma)``. Two
+    evaluations."""
     derivative = probability_flow_derivative(denoiser, x, sigma, cond)
     x_euler = x + expand(sigma_next - sigma, x) * derivative
     derivative_next = probability_flow_derivative(denoiser, x_euler, sigma_next, cond)
     x_next = x + expand(0.5 * (sigma_next - sigma), x) * (derivative + derivative_next)
-    return x_next, x - expand(sigma, x) * derivative
+    return x_next, x - expand(sigma, x) * derivative, derivative
 
 
 def ancestral_sigmas(sigma, sigma_next, eta=1.0):

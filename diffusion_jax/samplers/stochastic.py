@@ -121,7 +121,7 @@ def edm_stochastic(
     def step(denoiser, carry, inputs, cond):
         (x,), (sigma, sigma_next, index) = carry, inputs
         x_hat, sigma_hat = churn(x, sigma, index)
-        x_next, x0_hat = heun_update(denoiser, x_hat, sigma_hat, sigma_next, cond)
+        x_next, x0_hat, _ = heun_update(denoiser, x_hat, sigma_hat, sigma_next, cond)
         return (x_next,), x0_hat
 
     def final(denoiser, carry, sigma, index, cond):
