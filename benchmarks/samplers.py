@@ -46,25 +46,25 @@ from diffusion_jax.denoisers import (  # noqa: E402
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 NFES = (5, 10, 20, 50)
 
-# name: (sampler, options, NFE -> number of steps)
-DETERMINISTIC = {
-    "euler": (samplers.euler, {}, lambda nfe: nfe),
-    "heun": (samplers.heun, {}, lambda nfe: (nfe + 1) // 2),
-    "dpm_solver_2": (samplers.dpm_solver_2, {}, lambda nfe: (nfe + 1) // 2),
-    "dpm_solver_3": (samplers.dpm_solver_3, {}, lambda nfe: (nfe + 2) // 3),
-    "dpmpp_2m": (samplers.dpmpp_2m, {}, lambda nfe: nfe),
-    "dpmpp_3m": (samplers.dpmpp_3m, {}, lambda nfe: nfe),
-    "unipc_bh1": (samplers.unipc, {"variant": "bh1"}, lambda nfe: nfe),
-    "unipc_bh2": (samplers.unipc, {"variant": "bh2"}, lambda nfe: nfe),
-    "deis": (samplers.deis, {}, lambda nfe: nfe),
-    "ipndm": (samplers.ipndm, {}, lambda nfe: nfe),
-    "lms": (samplers.lms, {}, lambda nfe: nfe),
-}
-NFE_OF_STEPS = {
-    "heun": lambda n: 2 * n - 1,
-    "dpm_solver_2": lambda n: 2 * n - 1,
-    "dpm_solver_3": lambda n: 3 * n - 2,
-}
+
+
+def registry_settings(deterministic):
+    """``{label: (info, options)}`` from the registry: the defaults and variants of the
+    deterministic samplers (``deterministic=True``), or every default / variant that draws noise."""
+    settings = {}
+    for info in samplers.SAMPLERS:
+        if deterministic and info.stochastic:
+            continue  # their deterministic limits (eta = 0, no churn) are other samplers
+        candidates = [({}, info.order)] + [(dict(v.options), v.order) for v in info.variants]
+        for options, order in candidates:
+            if (order is not None) == deterministic:
+                label = info.name + "".join(f"[{k}={v}]" for k, v in options.items())
+                settings[label] = (info, options)
+    return settings
+
+
+DETERMINISTIC = registry_settings(deterministic=True)
+STOCHASTIC = registry_settings(deterministic=False)
 
 
 def karras(num_steps):
@@ -107,16 +107,16 @@ def accuracy_table(denoiser, noise, exact, nfes):
     denoiser32 = jax.tree.map(lambda a: a.astype(jnp.float32), denoiser)
     noise32 = noise.astype(jnp.float32)
     results = {}
-    for name, (sampler, options, steps_of) in DETERMINISTIC.items():
-        run = jax.jit(lambda d, n, s, sampler=sampler, options=options: sampler(d, n, s, **options))
+    for name, (info, options) in DETERMINISTIC.items():
+        run = jax.jit(lambda d, n, s, fn=info.fn, options=options: fn(d, n, s, **options))
         results[name] = {}
         for grid_name, grid in GRIDS.items():
             results[name][grid_name] = {}
             for nfe in nfes:
-                num_steps = max(steps_of(nfe), 1)
+                num_steps = info.steps_for_nfe(nfe, options)
                 sigmas = grid(num_steps).astype(jnp.float32)
                 x0 = run(denoiser32, noise32, sigmas)
-                actual = NFE_OF_STEPS.get(name, lambda n: n)(num_steps)
+                actual = info.nfe_function(options)(num_steps)
                 results[name][grid_name][nfe] = (actual, rms(x0, exact))
     return results
 
@@ -271,32 +271,18 @@ def sliced_wasserstein(a, b, num_projections=128):
     return float(jnp.mean(jnp.abs(pa - pb)))
 
 
-STOCHASTIC = {
-    "ancestral": lambda d, n, s, k: samplers.ancestral(d, n, s, key=k),
-    "ddim(eta=0.5)": lambda d, n, s, k: samplers.ddim(d, n, s, key=k, eta=0.5),
-    "edm_stochastic(churn=40)": lambda d, n, s, k: samplers.edm_stochastic(
-        d, n, s, key=k, s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003
-    ),
-    "dpmpp_2m_sde": lambda d, n, s, k: samplers.dpmpp_2m_sde(d, n, s, key=k),
-    "dpmpp_3m_sde": lambda d, n, s, k: samplers.dpmpp_3m_sde(d, n, s, key=k),
-    "euler_maruyama": lambda d, n, s, k: samplers.euler_maruyama(d, n, s, key=k),
-    "predictor_corrector": lambda d, n, s, k: samplers.predictor_corrector(d, n, s, key=k, snr=0.1),
-}
-STOCHASTIC_NFE = {"edm_stochastic(churn=40)": lambda n: 2 * n - 1, "predictor_corrector": lambda n: 2 * n}
-
-
 def stochastic_table(denoiser, num_samples, step_counts):
     denoiser32 = jax.tree.map(lambda a: a.astype(jnp.float32), denoiser)
     exact = denoiser.sample(jax.random.key(1), num_samples).astype(jnp.float32)
     floor = sliced_wasserstein(exact, denoiser.sample(jax.random.key(2), num_samples))
     noise = jax.random.normal(jax.random.key(3), (num_samples, denoiser.dim), jnp.float32)
     results = {"noise_floor": floor}
-    for name, fn in STOCHASTIC.items():
-        run = jax.jit(fn)
+    for name, (info, options) in STOCHASTIC.items():
+        run = jax.jit(lambda d, n, s, k, fn=info.fn, options=options: fn(d, n, s, key=k, **options))
         results[name] = {}
         for num_steps in step_counts:
             x0 = run(denoiser32, noise, karras(num_steps).astype(jnp.float32), jax.random.key(4))
-            nfe = STOCHASTIC_NFE.get(name, lambda n: n)(num_steps)
+            nfe = info.nfe_function(options)(num_steps)
             results[name][num_steps] = (nfe, sliced_wasserstein(x0, exact))
     return results
 
@@ -350,10 +336,10 @@ def overhead_table(dim=64, width=256, batch=512, num_steps=20):
         return jax.lax.scan(body, x, sigmas)[0]
 
     results = {}
-    for name, (sampler, options, _) in DETERMINISTIC.items():
-        nfe = NFE_OF_STEPS.get(name, lambda n: n)(num_steps)
+    for name, (info, options) in DETERMINISTIC.items():
+        nfe = info.nfe_function(options)(num_steps)
         eval_sigmas = jnp.linspace(80.0, 0.01, nfe).astype(jnp.float32)
-        run = jax.jit(lambda d, n, s, sampler=sampler, options=options: sampler(d, n, s, **options))
+        run = jax.jit(lambda d, n, s, fn=info.fn, options=options: fn(d, n, s, **options))
         (call_median, call_min), (bare_median, bare_min) = _paired_times(
             run, (denoiser, noise, sigmas), bare, (denoiser, noise, eval_sigmas)
         )
@@ -407,32 +393,43 @@ def print_accuracy(title, ours, peers, nfes):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="d = 2 only, fewer samples")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds-long check that every registry entry runs (NFE 5, d = 2, "
+                             "no peers, no overhead; writes nothing)")
     parser.add_argument("--torch-python", default=os.environ.get("BENCH_TORCH_PYTHON",
                                                                  "/tmp/bench-venv/bin/python"))
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
                                                          "samplers.json"))
     args = parser.parse_args()
-    report = {"device": str(jax.devices()[0]), "nfes": list(NFES), "accuracy": {}, "peers": {}}
-    dims = (2,) if args.quick else (2, 64)
+    nfes = (5,) if args.smoke else NFES
+    report = {"device": str(jax.devices()[0]), "nfes": list(nfes), "accuracy": {}, "peers": {}}
+    dims = (2,) if args.quick or args.smoke else (2, 64)
     for dim in dims:
         denoiser = mixture(dim, 8, seed=dim)
         noise = jax.random.normal(jax.random.key(10 + dim), (256, dim), jnp.float64)
         exact = reference_endpoint(denoiser, noise)
-        ours = accuracy_table(denoiser, noise, exact, NFES)
-        peers, note = peer_table(args.torch_python, denoiser, noise, exact, NFES)
+        ours = accuracy_table(denoiser, noise, exact, nfes)
+        torch_python = None if args.smoke else args.torch_python
+        peers, note = peer_table(torch_python, denoiser, noise, exact, nfes)
         if note:
             print(note, file=sys.stderr)
         report["accuracy"][f"d{dim}"] = ours
         report["peers"][f"d{dim}"] = peers if peers else note
-        print_accuracy(f"d = {dim}", ours, peers, NFES)
-    stochastic = stochastic_table(mixture(2, 8, seed=2), 1000 if args.quick else 4000, (25, 100))
+        print_accuracy(f"d = {dim}", ours, peers, nfes)
+    step_counts = (5,) if args.smoke else (25, 100)
+    num_samples = 200 if args.smoke else 1000 if args.quick else 4000
+    stochastic = stochastic_table(mixture(2, 8, seed=2), num_samples, step_counts)
     report["stochastic_d2"] = stochastic
     print(f"\n## Stochastic samplers, d = 2: sliced W1 to exact samples "
           f"(noise floor {stochastic['noise_floor']:.4f})\n")
-    print("| sampler | 25 steps (NFE) | 100 steps (NFE) |\n|---|---|---|")
+    print("| sampler | " + " | ".join(f"{n} steps (NFE)" for n in step_counts) + " |")
+    print("|---|" + "---|" * len(step_counts))
     for name in STOCHASTIC:
         row = stochastic[name]
-        print(f"| {name} | {row[25][1]:.4f} ({row[25][0]}) | {row[100][1]:.4f} ({row[100][0]}) |")
+        cells = " | ".join(f"{row[n][1]:.4f} ({row[n][0]})" for n in step_counts)
+        print(f"| {name} | {cells} |")
+    if args.smoke:
+        return
     overhead = overhead_table()
     report["overhead"] = overhead
     print("\n## Overhead: call time / (NFE x one MLP evaluation), d = 64, batch 512, 20 steps")

@@ -24,6 +24,7 @@ from jax.scipy.special import ndtri
 
 from diffusion_jax.denoisers import check_parameterisation, x0_error_scale
 from diffusion_jax.processes import Process
+from diffusion_jax.samplers.grids import karras_levels
 
 __all__ = [
     "STRATIFICATIONS",
@@ -161,14 +162,6 @@ class LogitNormalTime(_TimeDistribution):
     def from_uniform(self, u, process):
         """Inverse CDF."""
         return process.t_max * jax.nn.sigmoid(self.mean + self.std * ndtri(u))
-
-
-def karras_levels(num_levels, sigma_min, sigma_max, rho):
-    """``sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho``, i = 0..N-1,
-    descending (Karras et al. 2022, eq. 5; no trailing zero)."""
-    ramp = jnp.linspace(0.0, 1.0, num_levels)
-    inv_rho = 1.0 / rho
-    return (sigma_max**inv_rho + ramp * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho
 
 
 @_pytree(meta=("num_levels",))

@@ -13,25 +13,20 @@ from diffusion_jax import samplers
 from diffusion_jax.analytic import GaussianMixture
 
 KEY = jax.random.key(21)
-FIXED_STEP = {
-    "euler": (samplers.euler, {}),
-    "heun": (samplers.heun, {}),
-    "lms": (samplers.lms, {}),
-    "ipndm": (samplers.ipndm, {}),
-    "dpm_solver_2": (samplers.dpm_solver_2, {}),
-    "dpm_solver_3": (samplers.dpm_solver_3, {"data_prediction": False}),
-    "dpmpp_2m": (samplers.dpmpp_2m, {}),
-    "dpmpp_3m": (samplers.dpmpp_3m, {"singlestep_warmup": True}),
-    "unipc": (samplers.unipc, {}),
-    "deis": (samplers.deis, {}),
-    "ddim": (samplers.ddim, {"eta": 0.5, "key": KEY}),
-    "ancestral": (samplers.ancestral, {"key": KEY}),
-    "edm_stochastic": (samplers.edm_stochastic, {"key": KEY, "s_churn": 2.0}),
-    "dpmpp_2m_sde": (samplers.dpmpp_2m_sde, {"key": KEY}),
-    "dpmpp_3m_sde": (samplers.dpmpp_3m_sde, {"key": KEY}),
-    "euler_maruyama": (samplers.euler_maruyama, {"key": KEY}),
-    "predictor_corrector": (samplers.predictor_corrector, {"key": KEY}),
-}
+
+
+def _fixed_step_cases():
+    """``{id: (sampler, options)}``: every registry default and variant (a key where it draws
+    noise)."""
+    cases = {}
+    for info in samplers.SAMPLERS:
+        for options in [{}] + [dict(v.options) for v in info.variants]:
+            label = info.name + "".join(f"[{k}={v}]" for k, v in options.items())
+            cases[label] = (info.fn, dict(options, key=KEY) if info.stochastic else options)
+    return cases
+
+
+FIXED_STEP = _fixed_step_cases()
 
 
 def _problem():

@@ -38,25 +38,34 @@ def _exact_and_floor():
     return exact, floor
 
 
-SIGMAS = samplers.karras_sigmas(100, 0.005, 20.0)
-CASES = {
-    "ancestral": lambda d, n, k: samplers.ancestral(d, n, SIGMAS, key=k),
-    "ddim_eta_0.5": lambda d, n, k: samplers.ddim(d, n, SIGMAS, key=k, eta=0.5),
-    "edm_stochastic": lambda d, n, k: samplers.edm_stochastic(
-        d, n, samplers.karras_sigmas(50, 0.005, 20.0), key=k, s_churn=30.0, s_tmin=0.01, s_tmax=5.0
-    ),
-    "dpmpp_2m_sde": lambda d, n, k: samplers.dpmpp_2m_sde(d, n, SIGMAS, key=k),
-    "dpmpp_3m_sde": lambda d, n, k: samplers.dpmpp_3m_sde(d, n, SIGMAS, key=k),
-    "euler_maruyama": lambda d, n, k: samplers.euler_maruyama(
-        d, n, samplers.karras_sigmas(200, 0.005, 20.0), key=k
-    ),
-    "predictor_corrector": lambda d, n, k: samplers.predictor_corrector(
-        d, n, samplers.karras_sigmas(50, 0.005, 20.0), key=k, snr=0.1
-    ),
-    "solve_reverse_sde": lambda d, n, k: samplers.solve_reverse_sde(
-        d, n, key=k, sigma_max=20.0, sigma_min=0.005, num_steps=400
-    )[0],
-}
+NFE_BUDGET = 100
+
+
+def _stochastic_settings():
+    """``{id: (sampler, options, num_steps)}`` for every registry default or variant that draws
+    noise (declared order ``None``), at about ``NFE_BUDGET`` evaluations."""
+    settings = {}
+    for info in samplers.SAMPLERS:
+        candidates = [({}, info.order)] + [(dict(v.options), v.order) for v in info.variants]
+        for options, order in candidates:
+            if order is None:
+                label = info.name + "".join(f"[{k}={v}]" for k, v in options.items())
+                settings[label] = (info.fn, options, info.steps_for_nfe(NFE_BUDGET, options))
+    return settings
+
+
+SETTINGS = _stochastic_settings()
+
+
+def _registry_case(sampler, options, num_steps):
+    sigmas = samplers.karras_sigmas(num_steps, 0.005, 20.0)
+    return lambda d, n, k: sampler(d, n, sigmas, key=k, **options)
+
+
+CASES = {label: _registry_case(*setting) for label, setting in SETTINGS.items()}
+CASES["solve_reverse_sde"] = lambda d, n, k: samplers.solve_reverse_sde(
+    d, n, key=k, sigma_max=20.0, sigma_min=0.005, num_steps=400
+)[0]
 
 
 def _draw(case, mixture):
@@ -74,7 +83,7 @@ def test_stochastic_sampler_reaches_the_mixture(case):
 
 def test_distance_detects_a_wrong_distribution():
     exact, floor = _exact_and_floor()
-    shifted = _draw("ancestral", _mixture(shift=0.4))
+    shifted = _draw("ancestral", _mixture(shift=0.4))  # a registry default
     assert sliced_wasserstein(shifted, exact) > 2 * FLOOR_MULTIPLE * floor
 
 

@@ -1,5 +1,7 @@
 """Bad grids, shapes, keys and options give clear ValueErrors; grids match published values."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,3 +90,98 @@ def test_time_grids_and_edm_vp_discretisation(x64):
     np.testing.assert_allclose(uniform[:-1], VP().ve_sigma(np.linspace(1.0, 0.01, 5)))
     for grid in (sigmas, quadratic, uniform):
         assert grid[-1] == 0.0 and bool(jnp.all(jnp.diff(grid) < 0))
+
+
+NAMES = [info.name for info in samplers.SAMPLERS]
+
+
+def _key_for(info):
+    return {"key": jax.random.key(0)} if info.stochastic else {}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_denoiser_shape_is_rejected_by_every_sampler(name):
+    # lms and ipndm used to broadcast a (batch, 1) output against x silently
+    info = samplers.get(name)
+    sigmas = samplers.karras_sigmas(3, 0.1, 5.0)
+    with pytest.raises(ValueError, match=r"denoiser returned shape \(3, 1\)"):
+        info.fn(lambda x, s, c: x[:, :1], NOISE, sigmas, **_key_for(info))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_subnormal_grid_is_rejected_by_every_sampler(name):
+    info = samplers.get(name)
+    with pytest.raises(ValueError, match="smallest normal"):
+        info.fn(MIXTURE, NOISE, jnp.array([1e-45, 0.0]), **_key_for(info))
+
+
+NUMERIC_OPTIONS = [
+    (info.name, option)
+    for info in samplers.SAMPLERS
+    for option in info.options
+    if option in ("eta", "s_churn", "s_noise", "s_tmin", "s_tmax", "snr")
+]
+
+
+@pytest.mark.parametrize("name, option", NUMERIC_OPTIONS)
+@pytest.mark.parametrize("value", [-0.5, float("nan")])
+def test_negative_or_nan_options_are_rejected(name, option, value):
+    info = samplers.get(name)
+    sigmas = samplers.karras_sigmas(3, 0.1, 5.0)
+    with pytest.raises(ValueError, match=f"{name}: {option} must be a finite number >= 0"):
+        info.fn(MIXTURE, NOISE, sigmas, key=jax.random.key(0), **{option: value})
+
+
+def test_bad_grid_arguments_are_rejected():
+    for rho in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="rho must be a finite number > 0"):
+            samplers.karras_sigmas(5, rho=rho)
+    with pytest.raises(ValueError, match="sigma_min"):
+        samplers.karras_sigmas(5, sigma_min=0.0)
+    with pytest.raises(ValueError, match="num_steps"):
+        samplers.karras_sigmas(2.5)
+
+
+def test_pre_scaled_noise_warns():
+    sigmas = samplers.karras_sigmas(3, 0.1, 80.0)
+    noise = jax.random.normal(jax.random.key(0), (16, 2))
+    with pytest.warns(UserWarning, match="UNIT Gaussian"):
+        samplers.euler(MIXTURE, noise * 80.0, sigmas)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        samplers.euler(MIXTURE, noise, sigmas)
+
+
+@pytest.mark.parametrize(
+    "sigmas, message",
+    [
+        (jnp.array([5.0, 0.0, 1.0, 0.0]), "a 0 before its end, at index 1"),
+        (jnp.array([5.0, 6.0, 1.0, 0.0]), "strictly descending: sigmas\\[0\\] = 5.0 then"),
+        (jnp.array([5.0, jnp.nan, 1.0, 0.0]), "finite: sigmas\\[1\\] = nan"),
+        (jnp.array([5.0, 2.0, 1.0, 0.5]), "end in 0"),
+        # XLA on CPU flushes the subnormal to 0 inside jit, so it is reported as an inner 0
+        (jnp.array([5.0, 2.0, 1e-45, 0.0]), "a 0 before its end, at index 2|normal numbers"),
+    ],
+)
+def test_checked_sampler_reports_bad_traced_grids_inside_jit(sigmas, message):
+    run = jax.jit(samplers.checked(samplers.dpmpp_2m))
+    error, x0 = run(MIXTURE, NOISE, sigmas)
+    with pytest.raises(Exception, match=message):
+        error.throw()
+    error, x0 = run(MIXTURE, NOISE, samplers.karras_sigmas(3, 0.1, 5.0))
+    error.throw()  # a good grid passes
+    expected = samplers.dpmpp_2m(MIXTURE, NOISE, samplers.karras_sigmas(3, 0.1, 5.0))
+    np.testing.assert_allclose(x0, expected, rtol=1e-6)
+
+
+def test_checked_sampler_reports_traced_options():
+    run = jax.jit(
+        lambda eta: samplers.checked(samplers.ddim)(
+            MIXTURE, NOISE, samplers.karras_sigmas(3, 0.1, 5.0), key=jax.random.key(0), eta=eta
+        )
+    )
+    error, _ = run(-1.0)
+    with pytest.raises(Exception, match="eta must be >= 0 and not NaN"):
+        error.throw()
+    error, _ = run(0.5)
+    error.throw()

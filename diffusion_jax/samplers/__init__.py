@@ -1,9 +1,19 @@
 """Samplers: pure, jittable, differentiable functions of one signature.
 
-``sampler(denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, **options)``
-returns ``x0`` (or ``(x0, trajectory)`` with ``trajectory`` of shape ``(num_steps + 1, *x.shape)``).
-``noise`` is unit Gaussian and is scaled by ``sigmas[0]``; ``sigmas`` is a descending VE-frame grid
-ending in 0 whose length fixes the number of steps and whose values stay traced.
+``sampler(denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False,
+callback=None, **options)`` returns ``x0`` (or ``(x0, trajectory)`` with ``trajectory`` of shape
+``(num_steps + 1, *x.shape)``). ``noise`` is UNIT Gaussian and is scaled by ``sigmas[0]`` here (a
+warning says so when its RMS is far from 1); ``sigmas`` is a descending VE-frame grid ending in 0
+whose length fixes the number of steps and whose values stay traced. ``callback(info)``, if given,
+is called at run time after every step (also under ``jit``) with ``info = {"i", "sigma",
+"sigma_next", "x", "x0_hat"}``: the step index, its two noise levels, the state at ``sigma`` and
+the denoiser output there.
+
+The table of samplers: :data:`SAMPLERS` (a tuple of :class:`SamplerInfo`: name, fn, stochastic,
+needs_key, order, nfe, options, summary, source, variants) and ``get(name)``. Each sampler module
+declares its own descriptors in a module-level ``SAMPLERS`` tuple next to its code;
+:mod:`.registry` concatenates them (no mutable registry), so adding a sampler is one module plus
+its test. ``checked(sampler)`` adds ``checkify`` value checks usable inside ``jit``.
 """
 
 from diffusion_jax.samplers.deis import deis
@@ -28,6 +38,14 @@ from diffusion_jax.samplers.grids import (
     time_uniform_sigmas,
 )
 from diffusion_jax.samplers.ode import euler, heun, ipndm, lms
+from diffusion_jax.samplers.registry import (
+    COMMON_KEYWORDS,
+    SAMPLERS,
+    SamplerInfo,
+    Variant,
+    get,
+    names,
+)
 from diffusion_jax.samplers.steps import ancestral_sigmas, ancestral_step, ddim_step, euler_step
 from diffusion_jax.samplers.stochastic import (
     ancestral,
@@ -38,8 +56,16 @@ from diffusion_jax.samplers.stochastic import (
     predictor_corrector,
 )
 from diffusion_jax.samplers.unipc import unipc
+from diffusion_jax.samplers.validation import checked
 
 __all__ = [
+    "SAMPLERS",
+    "SamplerInfo",
+    "Variant",
+    "COMMON_KEYWORDS",
+    "get",
+    "names",
+    "checked",
     "karras_sigmas",
     "log_uniform_sigmas",
     "time_uniform_sigmas",

@@ -1,17 +1,30 @@
 """Shared pieces of every sampler: input validation, the denoiser call and the scan driver.
 
-Validation follows the contract of :mod:`diffusion_jax.samplers`: ``noise`` has a batch axis,
-``sigmas`` is a 1-D descending grid ending in 0. Concrete values are checked eagerly; traced values
-(inside ``jit``) cannot be inspected and only their shapes are checked.
+Validation follows the contract of :mod:`diffusion_jax.samplers`: ``noise`` is unit Gaussian with
+a batch axis, ``sigmas`` is a 1-D descending grid ending in 0. Concrete values are checked eagerly;
+traced values (inside ``jit``) cannot be inspected, only their shapes are checked there, and
+:func:`diffusion_jax.samplers.checked` adds the value checks through ``checkify``.
 """
 
 from __future__ import annotations
+
+import math
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.processes import _broadcast_like
+
+# Options that are non-negative numbers wherever a sampler accepts them.
+NONNEGATIVE_OPTIONS = ("eta", "s_churn", "s_noise", "s_tmin", "s_tmax", "snr")
+# A noise RMS outside this range is not unit Gaussian (k-diffusion-style ``randn * sigma_max``).
+_NOISE_RMS_RANGE = (0.1, 3.0)
+
+
+def _is_concrete(value):
+    return not isinstance(value, jax.core.Tracer)
 
 
 def check_inputs(noise, sigmas):
@@ -28,13 +41,16 @@ def check_inputs(noise, sigmas):
         raise ValueError(f"sigmas must be a 1-D grid; got shape {sigmas.shape}")
     if sigmas.shape[0] < 2:
         raise ValueError(f"sigmas needs at least 2 values (one step); got {sigmas.shape[0]}")
+    sigmas = sigmas.astype(noise.dtype)
     check_grid_values(sigmas)
-    return noise, sigmas.astype(noise.dtype)
+    warn_if_not_unit(noise)
+    return noise, sigmas
 
 
 def check_grid_values(sigmas):
-    """Raise ``ValueError`` for a concrete grid with NaN/inf, not ending in 0, or not descending."""
-    if isinstance(sigmas, jax.core.Tracer):
+    """Raise ``ValueError`` for a concrete grid with NaN/inf, not ending in 0, not descending, or
+    with a positive value below the dtype's smallest normal number (subnormal)."""
+    if not _is_concrete(sigmas):
         return
     values = np.asarray(sigmas, dtype=np.float64)
     if not np.all(np.isfinite(values)):
@@ -43,6 +59,26 @@ def check_grid_values(sigmas):
         raise ValueError(f"sigmas must end in 0; the last value is {values[-1]}")
     if not np.all(np.diff(values) < 0):
         raise ValueError(f"sigmas must be strictly descending; got {values}")
+    tiny = float(jnp.finfo(sigmas.dtype).tiny)
+    if values[-2] < tiny:
+        raise ValueError(
+            f"sigmas above 0 must be at least {tiny:.3g} (the smallest normal {sigmas.dtype}); "
+            f"got {values[-2]:.3g}"
+        )
+
+
+def warn_if_not_unit(noise):
+    """Warn when concrete ``noise`` is clearly not unit Gaussian (its RMS far from 1)."""
+    if not _is_concrete(noise) or noise.size < 8:
+        return
+    rms = float(np.sqrt(np.mean(np.square(np.asarray(noise, np.float64)))))
+    low, high = _NOISE_RMS_RANGE
+    if not low <= rms <= high:
+        warnings.warn(
+            f"noise has RMS {rms:.3g}: samplers take UNIT Gaussian noise and scale it by "
+            "sigmas[0] themselves (do not pass randn * sigma_max)",
+            stacklevel=3,
+        )
 
 
 def check_key(key, sampler):
@@ -63,12 +99,36 @@ def check_order(order, allowed, sampler):
     return order
 
 
+def check_nonnegative(sampler, **options):
+    """Raise ``ValueError`` for a concrete option that is negative or NaN (``inf`` is allowed only
+    for ``s_tmax``)."""
+    for name, value in options.items():
+        if not _is_concrete(value):
+            continue
+        number = float(np.asarray(value))
+        finite_or_tmax = math.isfinite(number) or (name == "s_tmax" and number == math.inf)
+        if not (number >= 0.0 and finite_or_tmax):
+            raise ValueError(f"{sampler}: {name} must be a finite number >= 0; got {value!r}")
+
+
+def checked_denoiser(denoiser):
+    """``denoiser`` with its output checked to have the input's shape and cast to its dtype, so
+    a wrong shape raises instead of broadcasting."""
+
+    def checked(x, sigma, cond=None):
+        x0_hat = denoiser(x, sigma, cond)
+        if jnp.shape(x0_hat) != x.shape:
+            raise ValueError(
+                f"denoiser returned shape {jnp.shape(x0_hat)} for input shape {x.shape}"
+            )
+        return jnp.asarray(x0_hat).astype(x.dtype)
+
+    return checked
+
+
 def denoise(denoiser, x, sigma, cond):
     """``x0_hat = denoiser(x, sigma, cond)`` with a shape check and ``x``'s dtype."""
-    x0_hat = denoiser(x, sigma, cond)
-    if x0_hat.shape != x.shape:
-        raise ValueError(f"denoiser returned shape {x0_hat.shape} for input shape {x.shape}")
-    return x0_hat.astype(x.dtype)
+    return checked_denoiser(denoiser)(x, sigma, cond)
 
 
 def step_noise(key, index, x):
@@ -87,54 +147,114 @@ def expand(coefficient, x):
     return _broadcast_like(coefficient, x)
 
 
-def scan_steps(step, carry, xs, get_x, return_trajectory):
-    """Run ``lax.scan(step, carry, xs)``; also return the stacked states ``get_x(carry)``."""
-    if return_trajectory:
+def report(callback, index, sigma, sigma_next, x, x0_hat):
+    """Call ``callback({"i", "sigma", "sigma_next", "x", "x0_hat"})`` at run time (through
+    ``jax.debug.callback``, so it works under ``jit``, ``vmap`` and ``grad``); ``x`` is the state
+    at ``sigma`` before the step, ``x0_hat`` the denoiser output the step used there (``None``
+    where the sampler has none)."""
+    if callback is None:
+        return
 
-        def traced_step(carry, inputs):
-            carry = step(carry, inputs)
-            return carry, get_x(carry)
+    def call(index, sigma, sigma_next, x, x0_hat=None):
+        callback(
+            {"i": int(index), "sigma": sigma, "sigma_next": sigma_next, "x": x, "x0_hat": x0_hat}
+        )
 
-        carry, states = jax.lax.scan(traced_step, carry, xs)
-        return carry, states
-
-    def plain_step(carry, inputs):
-        return step(carry, inputs), None
-
-    carry, _ = jax.lax.scan(plain_step, carry, xs)
-    return carry, None
+    arrays = (index, sigma, sigma_next, x) + (() if x0_hat is None else (x0_hat,))
+    jax.debug.callback(call, *arrays)
 
 
-def finish(x0, x_start, states, final_states, return_trajectory):
-    """Return ``x0`` or ``(x0, trajectory)`` with the trajectory ``(num_steps + 1, *x.shape)``."""
+def final_denoise(denoiser, carry, sigma, index, cond):
+    """The first-order step to ``sigma = 0``: ``x0 = D(x, sigma_{N-1})`` (for ``carry[0] = x``)."""
+    del index
+    x0 = denoiser(carry[0], sigma, cond)
+    return x0, x0
+
+
+def sample(
+    step,
+    denoiser,
+    noise,
+    sigmas,
+    *,
+    cond,
+    callback,
+    return_trajectory,
+    carry_rest=(),
+    per_step=(),
+    warmup=None,
+    final=final_denoise,
+):
+    """Check the inputs, start at ``noise * sigmas[0]`` and :func:`integrate` to 0.
+
+    ``step(denoiser, carry, inputs, cond)`` and ``final(denoiser, carry, sigma, index, cond)``
+    (default :func:`final_denoise`) as in :func:`integrate`, with ``carry = (x_start, *(part(
+    x_start, sigmas) for part in carry_rest))`` and ``per_step`` a tuple of functions
+    ``num_interior -> array``. ``warmup(denoiser, carry, sigmas, cond) -> (carry, x0_hat)``, when
+    given, takes the first step in place of ``step`` on grids of more than one step.
+    """
+    noise, sigmas = check_inputs(noise, sigmas)
+    denoiser = checked_denoiser(denoiser)
+    x_start = noise * sigmas[0]
+    carry = (x_start,) + tuple(part(x_start, sigmas) for part in carry_rest)
+    num_interior = sigmas.shape[0] - 2
+    first, before = 0, ()
+    if warmup is not None and num_interior >= 1:
+        carry, x0_hat = warmup(denoiser, carry, sigmas, cond)
+        report(callback, 0, sigmas[0], sigmas[1], x_start, x0_hat)
+        first, before = 1, (carry[0],)
+    return integrate(
+        lambda carry, inputs: step(denoiser, carry, inputs, cond),
+        carry,
+        sigmas,
+        lambda carry, sigma, index: final(denoiser, carry, sigma, index, cond),
+        per_step=tuple(values(num_interior) for values in per_step),
+        first=first,
+        before=before,
+        x_start=x_start,
+        callback=callback,
+        return_trajectory=return_trajectory,
+    )
+
+
+def integrate(
+    step,
+    carry,
+    sigmas,
+    final,
+    *,
+    per_step=(),
+    first=0,
+    before=(),
+    x_start=None,
+    callback=None,
+    return_trajectory=False,
+):
+    """The one scan driver: run ``step`` over the steps that end above 0, then ``final`` for the
+    step to 0, and assemble the result.
+
+    * ``carry`` is a tuple whose first element is the state ``x``.
+    * ``step(carry, (sigma, sigma_next, index, *per_step)) -> (carry, x0_hat)`` for the steps
+      ``index = first .. N - 2``; ``per_step`` are arrays of length ``N - 1`` indexed by step.
+    * ``final(carry, sigma_{N-1}, N - 1) -> (x0, x0_hat)``.
+    * ``before``: the states of the ``first`` steps taken before the scan (warm-up), for the
+      trajectory.
+
+    Returns ``x0`` or ``(x0, trajectory)`` with ``trajectory`` of shape ``(N + 1, *x.shape)``.
+    """
+    num_steps = sigmas.shape[0] - 1
+    inputs = (sigmas[first:-2], sigmas[first + 1 : -1], jnp.arange(first, num_steps - 1))
+    inputs = inputs + tuple(values[first:] for values in per_step)
+
+    def body(carry, inputs):
+        new_carry, x0_hat = step(carry, inputs)
+        report(callback, inputs[2], inputs[0], inputs[1], carry[0], x0_hat)
+        return new_carry, new_carry[0] if return_trajectory else None
+
+    carry, states = jax.lax.scan(body, carry, inputs)
+    x0, x0_hat = final(carry, sigmas[-2], num_steps - 1)
+    report(callback, num_steps - 1, sigmas[-2], sigmas[-1], carry[0], x0_hat)
     if not return_trajectory:
         return x0
-    pieces = [x_start[None]]
-    if states is not None:
-        pieces.append(states)
-    pieces.extend(state[None] for state in final_states)
+    pieces = [x_start[None], *(state[None] for state in before), states, x0[None]]
     return x0, jnp.concatenate(pieces, axis=0)
-
-
-def interior_inputs(sigmas):
-    """Per-step inputs of the steps that end above 0: ``(sigma, sigma_next, index)``."""
-    num_interior = sigmas.shape[0] - 2
-    return sigmas[:-2], sigmas[1:-1], jnp.arange(num_interior)
-
-
-def all_inputs(sigmas):
-    """Per-step inputs of every step: ``(sigma, sigma_next, index)``."""
-    return sigmas[:-1], sigmas[1:], jnp.arange(sigmas.shape[0] - 1)
-
-
-def run_multistep(
-    step, carry, inputs, denoiser, sigmas, cond, x_start, warmup_states, return_trajectory
-):
-    """Scan a multistep method whose carry starts with ``x``, take the final step to 0 as
-    ``D(x, sigma_{N-1})``, and assemble the trajectory (``warmup_states``: states produced before
-    the scan, at most one)."""
-    carry, states = scan_steps(step, carry, inputs, lambda c: c[0], return_trajectory)
-    x0 = denoise(denoiser, carry[0], sigmas[-2], cond)
-    if return_trajectory and warmup_states:
-        states = jnp.concatenate([warmup_states[0][None], states], axis=0)
-    return finish(x0, x_start, states, [x0], return_trajectory)

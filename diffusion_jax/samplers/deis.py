@@ -11,53 +11,46 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from diffusion_jax.samplers._core import (
-    check_inputs,
-    check_order,
-    denoise,
-    expand,
-    interior_inputs,
-    run_multistep,
+from diffusion_jax.denoisers import probability_flow_derivative
+from diffusion_jax.samplers._core import check_order, expand, sample
+from diffusion_jax.samplers._info import (
+    SamplerInfo,
+    Variant,
+    one_per_step,
+    one_per_step_and_warmup,
 )
 from diffusion_jax.samplers._lagrange import exponential_moments, lagrange_weights
-from diffusion_jax.samplers.dpm_solver import step_orders
+from diffusion_jax.samplers.dpm_solver import _singlestep_noise, step_orders
 
 __all__ = ["deis"]
 
 
 def deis(
-    denoiser,
-    noise,
-    sigmas,
-    *,
-    key=None,
-    cond=None,
-    return_trajectory=False,
-    order=3,
-    lower_order_final=True,
-    singlestep_warmup=False,
+    denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    order=3, lower_order_final=True, singlestep_warmup=False,
 ):
     """tAB-DEIS of order 1-3: ``x_next = x - sigma_i sum_j C_j eps_{i-j}`` with ``C_j = int_0^h
     e^(-tau) l_j(tau) dtau`` for the Lagrange basis ``l_j`` on the previous logSNRs (Zhang & Chen
-    2023, eq. 15). Order 1 is DDIM. Lower-order warm-up (its first-order step limits the
-    asymptotic order to 2; ``singlestep_warmup`` takes the first step with DPM-Solver-2 instead,
-    +1 NFE); the step to 0 returns ``x0_hat``.
+    2023, eq. 15); in the VE frame ``eps_hat = dx/dsigma``. Order 1 is DDIM. Lower-order warm-up
+    (its first-order step limits the asymptotic order to 2; ``singlestep_warmup`` takes the first
+    step with DPM-Solver-2 instead, +1 NFE); the step to 0 returns ``x0_hat``.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N (N + 1 with ``singlestep_warmup``).
     """
     del key
     check_order(order, (1, 2, 3), "deis")
-    noise, sigmas = check_inputs(noise, sigmas)
-    x_start = noise * sigmas[0]
-    num_interior = sigmas.shape[0] - 2
-    orders = step_orders(num_interior, order, lower_order_final)
-    history = jnp.zeros((order,) + x_start.shape, x_start.dtype)
-    lambdas = -jnp.log(sigmas[0]) - 1.0 - jnp.arange(order, dtype=sigmas.dtype)
 
-    def step(carry, inputs):
+    def empty_history(x_start, sigmas):
+        return jnp.zeros((order,) + x_start.shape, x_start.dtype)
+
+    def placeholder_lambdas(x_start, sigmas):
+        return -jnp.log(sigmas[0]) - 1.0 - jnp.arange(order, dtype=sigmas.dtype)
+
+    def step(denoiser, carry, inputs, cond):
         x, history, lambdas = carry
         sigma, sigma_next, _, step_order = inputs
-        eps_hat = (x - denoise(denoiser, x, sigma, cond)) / expand(sigma, x)
+        eps_hat = probability_flow_derivative(denoiser, x, sigma, cond)
         lambda_now = -jnp.log(sigma)
         history = jnp.concatenate([eps_hat[None], history[:-1]], axis=0)
         lambdas = jnp.concatenate([lambda_now[None], lambdas[:-1]])
@@ -68,35 +61,35 @@ def deis(
             weights_k = jnp.stack(lagrange_weights(nodes, exponential_moments(h, k)))
             weights = jnp.where(step_order == k, jnp.pad(weights_k, (0, order - k)), weights)
         x_next = x - expand(sigma, x) * jnp.tensordot(weights, history, axes=1)
-        return x_next, history, lambdas
+        return (x_next, history, lambdas), x - expand(sigma, x) * eps_hat
 
-    sigma, sigma_next, index = interior_inputs(sigmas)
-    carry = (x_start, history, lambdas)
-    warmup_states = []
-    if singlestep_warmup and num_interior >= 1:
-        eps_start = (x_start - denoise(denoiser, x_start, sigmas[0], cond)) / sigmas[0]
-        x_first = _dpm_solver_2_noise_step(denoiser, x_start, eps_start, sigmas[0], sigmas[1], cond)
+    def warmup(denoiser, carry, sigmas, cond):
+        x_start, history, lambdas = carry
+        eps_start = probability_flow_derivative(denoiser, x_start, sigmas[0], cond)
+        x_first, x0_hat = _singlestep_noise(
+            denoiser, x_start, sigmas[0], sigmas[1], cond, 2, eps=eps_start
+        )
         history = history.at[0].set(eps_start)
         lambdas = lambdas.at[0].set(-jnp.log(sigmas[0]))
-        carry = (x_first, history, lambdas)
-        sigma, sigma_next, index, orders = sigma[1:], sigma_next[1:], index[1:], orders[1:]
-        warmup_states = [x_first]
-    return run_multistep(
-        step,
-        carry,
-        (sigma, sigma_next, index, orders),
-        denoiser,
-        sigmas,
-        cond,
-        x_start,
-        warmup_states,
-        return_trajectory,
+        return (x_first, history, lambdas), x0_hat
+
+    return sample(
+        step, denoiser, noise, sigmas, cond=cond, callback=callback,
+        return_trajectory=return_trajectory, carry_rest=(empty_history, placeholder_lambdas),
+        per_step=(lambda n: step_orders(n, order, lower_order_final),),
+        warmup=warmup if singlestep_warmup else None,
     )
 
 
-def _dpm_solver_2_noise_step(denoiser, x, eps, sigma, sigma_next, cond):
-    """DPM-Solver-2 (Lu et al. 2022a, Alg. 1) given ``eps_hat`` at ``x``; VE frame."""
-    sigma_mid = jnp.sqrt(sigma * sigma_next)
-    u = x - (sigma - sigma_mid) * eps
-    eps_mid = (u - denoise(denoiser, u, sigma_mid, cond)) / sigma_mid
-    return x - (sigma - sigma_next) * eps_mid
+SAMPLERS = (
+    SamplerInfo(
+        "deis", deis, stochastic=False, needs_key=False, order=2, nfe=one_per_step,
+        options=("order", "lower_order_final", "singlestep_warmup"),
+        summary="tAB-DEIS in logSNR, orders 1-3; order 3 with singlestep_warmup",
+        source="Zhang & Chen 2023 eq. 15",
+        variants=(
+            Variant({"order": 1}, 1, one_per_step),
+            Variant({"singlestep_warmup": True}, 3, one_per_step_and_warmup),
+        ),
+    ),
+)

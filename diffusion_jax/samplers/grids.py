@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from diffusion_jax.processes import VP, Process
 
 __all__ = [
+    "karras_levels",
     "karras_sigmas",
     "log_uniform_sigmas",
     "time_uniform_sigmas",
@@ -19,9 +20,9 @@ __all__ = [
 ]
 
 
-def _check_num_steps(num_steps):
+def _check_num_steps(num_steps, name="num_steps"):
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive Python int; got {num_steps!r}")
+        raise ValueError(f"{name} must be a positive Python int; got {num_steps!r}")
 
 
 def _check_range(low, high, low_name, high_name):
@@ -52,18 +53,37 @@ def _float_dtype(*values):
     return jnp.result_type(float, *[jnp.asarray(v).dtype for v in values])
 
 
+def _check_rho(rho):
+    """Raise ``ValueError`` unless a concrete ``rho`` is a finite number > 0."""
+    try:
+        value = float(rho)
+    except (TypeError, ValueError):  # traced values cannot be checked
+        return
+    if not 0.0 < value < float("inf"):
+        raise ValueError(f"rho must be a finite number > 0; got {value}")
+
+
+def karras_levels(num_levels, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+    """The ``num_levels`` Karras noise levels ``(s_max^(1/rho) + i/(N-1) (s_min^(1/rho) -
+    s_max^(1/rho)))^rho``, descending, no trailing 0 (Karras et al. 2022, eq. 5); the one home of
+    the formula (:func:`karras_sigmas` and :class:`diffusion_jax.schedules.KarrasLevels` use it).
+    """
+    _check_num_steps(num_levels, "num_levels")
+    _check_range(sigma_min, sigma_max, "sigma_min", "sigma_max")
+    _check_rho(rho)
+    dtype = _float_dtype(sigma_min, sigma_max, rho)
+    fractions = _fractions(num_levels, dtype)
+    low = jnp.asarray(sigma_min, dtype) ** (1.0 / rho)
+    high = jnp.asarray(sigma_max, dtype) ** (1.0 / rho)
+    return (high + fractions * (low - high)) ** rho
+
+
 def karras_sigmas(num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0):
-    """EDM grid ``(s_max^(1/rho) + i/(N-1) (s_min^(1/rho) - s_max^(1/rho)))^rho`` plus a final 0
-    (Karras et al. 2022, eq. 5). Returns ``num_steps + 1`` values.
+    """EDM grid: :func:`karras_levels` plus a final 0 (Karras et al. 2022, eq. 5). Returns
+    ``num_steps + 1`` values.
     """
     _check_num_steps(num_steps)
-    _check_range(sigma_min, sigma_max, "sigma_min", "sigma_max")
-    dtype = _float_dtype(sigma_min, sigma_max, rho)
-    fractions = _fractions(num_steps, dtype)
-    low, high = jnp.asarray(sigma_min, dtype) ** (1.0 / rho), jnp.asarray(sigma_max, dtype) ** (
-        1.0 / rho
-    )
-    return _append_zero((high + fractions * (low - high)) ** rho)
+    return _append_zero(karras_levels(num_steps, sigma_min, sigma_max, rho))
 
 
 def log_uniform_sigmas(num_steps, sigma_min=0.002, sigma_max=80.0):

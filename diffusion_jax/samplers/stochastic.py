@@ -1,7 +1,8 @@
 """Stochastic samplers in the VE frame ``x = x0 + sigma * noise``.
 
-All need a typed ``key``; step ``i`` draws its noise from ``fold_in(key, i)``, so a sample is a
-pure function of ``(noise, key)`` and ``vmap`` over keys gives independent chains.
+``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here). Step ``i`` draws its noise from
+``fold_in(key, i)``, so a sample is a pure function of ``(noise, key)`` and ``vmap`` over keys
+gives independent chains.
 
 The reverse SDE of the VE forward process ``dx = sqrt(d sigma^2 / d sigma) dW = sqrt(2 sigma) dW``
 (Song et al. 2021, eq. 9 with ``t = sigma``) is ``dx = -2 sigma score dsigma + sqrt(2 sigma) dW``
@@ -10,147 +11,157 @@ run from large to small sigma (Song et al. 2021, eq. 6), with ``score = (D - x) 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.denoisers import probability_flow_derivative, score_from_denoiser
 from diffusion_jax.samplers._core import (
-    all_inputs,
-    check_inputs,
     check_key,
-    denoise,
+    check_nonnegative,
     expand,
-    finish,
-    interior_inputs,
     safe_sqrt,
-    scan_steps,
+    sample,
+    step_noise,
 )
-from diffusion_jax.samplers.steps import ancestral_step, ddim_step, euler_step
+from diffusion_jax.samplers._info import (
+    SamplerInfo,
+    Variant,
+    one_per_step,
+    two_per_step,
+    two_per_step_then_one,
+)
+from diffusion_jax.samplers.steps import ancestral_step, ancestral_update, ddim_update, heun_update
 
 __all__ = ["ddim", "ancestral", "edm_stochastic", "euler_maruyama", "predictor_corrector"]
 
 
-def _single_step_sampler(step_rule, noise, sigmas, key, return_trajectory):
-    noise, sigmas = check_inputs(noise, sigmas)
-    x_start = noise * sigmas[0]
+def _single_step_sampler(update, denoiser, noise, sigmas, key, cond, callback, return_trajectory):
+    """A sampler whose step is ``update(x, x0_hat, sigma, sigma_next, step_key)`` after one
+    evaluation (``step_key = fold_in(key, i)``, ``None`` without a key)."""
 
-    def step(x, inputs):
-        sigma, sigma_next, index = inputs
+    def step(denoiser, carry, inputs, cond):
+        (x,), (sigma, sigma_next, index) = carry, inputs
+        x0_hat = denoiser(x, sigma, cond)
         step_key = None if key is None else jax.random.fold_in(key, index)
-        return step_rule(x, sigma, sigma_next, step_key)
+        return (update(x, x0_hat, sigma, sigma_next, step_key),), x0_hat
 
-    x, states = scan_steps(step, x_start, all_inputs(sigmas), lambda x: x, return_trajectory)
-    return finish(x, x_start, states, [], return_trajectory)
+    return sample(
+        step, denoiser, noise, sigmas, cond=cond, callback=callback,
+        return_trajectory=return_trajectory,
+    )
 
 
-def ddim(denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, eta=0.0):
+def ddim(
+    denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    eta=0.0,
+):
     """DDIM (Song et al. 2021, "DDIM", eq. 12 and 16) in the VE frame: ``x_next = x0_hat +
     sqrt(sigma_next^2 - c^2) eps_hat + c z`` with ``c = eta sigma_next sqrt(1 - sigma_next^2 /
     sigma^2)``. ``eta = 0`` is deterministic (= :func:`euler`, no key needed); ``eta = 1`` is DDPM.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N.
     """
+    check_nonnegative("ddim", eta=eta)
     if not isinstance(eta, (int, float)) or eta != 0:
         check_key(key, "ddim with eta != 0")
     else:
         key = None
-
-    def rule(x, sigma, sigma_next, step_key):
-        return ddim_step(denoiser, x, sigma, sigma_next, step_key, cond, eta=eta)
-
-    return _single_step_sampler(rule, noise, sigmas, key, return_trajectory)
+    update = functools.partial(ddim_update, eta=eta)
+    return _single_step_sampler(
+        update, denoiser, noise, sigmas, key, cond, callback, return_trajectory
+    )
 
 
 def ancestral(
-    denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, eta=1.0, s_noise=1.0
+    denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    eta=1.0, s_noise=1.0,
 ):
     """Ancestral sampling (DDPM, Ho et al. 2020, Alg. 2, in the VE frame = k-diffusion's
     "Euler ancestral"): Euler to ``sigma_down``, then noise ``s_noise * sigma_up * z``.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N.
     """
     check_key(key, "ancestral")
-
-    def rule(x, sigma, sigma_next, step_key):
-        return ancestral_step(
-            denoiser, x, sigma, sigma_next, step_key, cond, eta=eta, s_noise=s_noise
-        )
-
-    return _single_step_sampler(rule, noise, sigmas, key, return_trajectory)
+    check_nonnegative("ancestral", eta=eta, s_noise=s_noise)
+    update = functools.partial(ancestral_update, eta=eta, s_noise=s_noise)
+    return _single_step_sampler(
+        update, denoiser, noise, sigmas, key, cond, callback, return_trajectory
+    )
 
 
 def edm_stochastic(
-    denoiser,
-    noise,
-    sigmas,
-    *,
-    key=None,
-    cond=None,
-    return_trajectory=False,
-    s_churn=0.0,
-    s_tmin=0.0,
-    s_tmax=float("inf"),
-    s_noise=1.0,
+    denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0,
 ):
     """EDM's stochastic sampler (Karras et al. 2022, Alg. 2): raise the noise level to
     ``sigma_hat = (1 + gamma) sigma`` with ``gamma = min(S_churn / N, sqrt(2) - 1)`` when
     ``S_tmin <= sigma <= S_tmax`` (adding ``sqrt(sigma_hat^2 - sigma^2) S_noise z``), then a Heun
     step from ``sigma_hat`` (Euler on the step to 0). With ``s_churn = 0`` it is :func:`heun`.
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: 2N - 1.
     """
+    check_nonnegative(
+        "edm_stochastic", s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise
+    )
     if key is None and s_churn == 0:
         key = jax.random.key(0)  # without churn no noise is drawn into the result
     check_key(key, "edm_stochastic")
-    noise, sigmas = check_inputs(noise, sigmas)
-    num_steps = sigmas.shape[0] - 1
-    gamma_max = min(s_churn / num_steps, 2.0**0.5 - 1.0)
-    x_start = noise * sigmas[0]
+    gamma_max = min(s_churn / max(jnp.size(sigmas) - 1, 1), 2.0**0.5 - 1.0)
 
     def churn(x, sigma, index):
         gamma = jnp.where((sigma >= s_tmin) & (sigma <= s_tmax), gamma_max, 0.0)
-        sigma_hat = sigma * (1.0 + gamma)
-        z = jax.random.normal(jax.random.fold_in(key, index), x.shape, x.dtype)
         scale = sigma * safe_sqrt(gamma * (2.0 + gamma)) * s_noise
-        return x + expand(scale, x) * z, sigma_hat
+        return x + expand(scale, x) * step_noise(key, index, x), sigma * (1.0 + gamma)
 
-    def step(x, inputs):
-        sigma, sigma_next, index = inputs
+    def step(denoiser, carry, inputs, cond):
+        (x,), (sigma, sigma_next, index) = carry, inputs
         x_hat, sigma_hat = churn(x, sigma, index)
-        derivative = (x_hat - denoise(denoiser, x_hat, sigma_hat, cond)) / expand(sigma_hat, x)
-        x_euler = x_hat + expand(sigma_next - sigma_hat, x) * derivative
-        x0_next = denoise(denoiser, x_euler, sigma_next, cond)
-        derivative_next = (x_euler - x0_next) / expand(sigma_next, x)
-        return x_hat + expand(0.5 * (sigma_next - sigma_hat), x) * (derivative + derivative_next)
+        x_next, x0_hat, _ = heun_update(denoiser, x_hat, sigma_hat, sigma_next, cond)
+        return (x_next,), x0_hat
 
-    x, states = scan_steps(step, x_start, interior_inputs(sigmas), lambda x: x, return_trajectory)
-    x_hat, sigma_hat = churn(x, sigmas[-2], num_steps - 1)
-    x0 = euler_step(denoiser, x_hat, sigma_hat, sigmas[-1], None, cond)
-    return finish(x0, x_start, states, [x0], return_trajectory)
+    def final(denoiser, carry, sigma, index, cond):
+        x_hat, sigma_hat = churn(carry[0], sigma, index)
+        x0 = denoiser(x_hat, sigma_hat, cond)
+        return x0, x0
+
+    return sample(
+        step, denoiser, noise, sigmas, cond=cond, callback=callback,
+        return_trajectory=return_trajectory, final=final,
+    )
 
 
-def euler_maruyama(denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False):
+def euler_maruyama(
+    denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None
+):
     """Euler-Maruyama on the VE reverse SDE in sigma-time (Song et al. 2021, eq. 6 and 9;
     Kloeden & Platen, eq. 9.1.1): ``x_next = x + 2 (sigma_next - sigma)(x - D) / sigma +
     sqrt(2 sigma (sigma - sigma_next)) z``. The step to 0 is the noise-free Tweedie denoising
     ``x0 = D(x, sigma)`` (score_sde's ``noise_removal``).
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N.
     """
     check_key(key, "euler_maruyama")
-    noise, sigmas = check_inputs(noise, sigmas)
-    x_start = noise * sigmas[0]
 
-    def step(x, inputs):
-        sigma, sigma_next, index = inputs
-        x0_hat = denoise(denoiser, x, sigma, cond)
-        drift = 2.0 * (x - x0_hat) / expand(sigma, x)
-        z = jax.random.normal(jax.random.fold_in(key, index), x.shape, x.dtype)
+    def step(denoiser, carry, inputs, cond):
+        (x,), (sigma, sigma_next, index) = carry, inputs
+        derivative = probability_flow_derivative(denoiser, x, sigma, cond)
         scale = safe_sqrt(2.0 * sigma * (sigma - sigma_next))
-        return x + expand(sigma_next - sigma, x) * drift + expand(scale, x) * z
+        x_next = (
+            x + expand(sigma_next - sigma, x) * (2.0 * derivative)
+            + expand(scale, x) * step_noise(key, index, x)
+        )
+        return (x_next,), x - expand(sigma, x) * derivative
 
-    x, states = scan_steps(step, x_start, interior_inputs(sigmas), lambda x: x, return_trajectory)
-    x0 = denoise(denoiser, x, sigmas[-2], cond)
-    return finish(x0, x_start, states, [x0], return_trajectory)
+    return sample(
+        step, denoiser, noise, sigmas, cond=cond, callback=callback,
+        return_trajectory=return_trajectory,
+    )
 
 
 def langevin_step_size(score, z, snr, per_example=False):
@@ -169,17 +180,8 @@ def langevin_step_size(score, z, snr, per_example=False):
 
 
 def predictor_corrector(
-    denoiser,
-    noise,
-    sigmas,
-    *,
-    key=None,
-    cond=None,
-    return_trajectory=False,
-    predictor=ancestral_step,
-    corrector_steps=1,
-    snr=0.16,
-    per_example_step=False,
+    denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    predictor=ancestral_step, corrector_steps=1, snr=0.16, per_example_step=False,
 ):
     """Predictor-corrector sampling (Song et al. 2021, Alg. 1, 4 and 5): at each noise level
     ``corrector_steps`` Langevin steps ``x += eps score + sqrt(2 eps) z`` with the snr rule of
@@ -187,25 +189,70 @@ def predictor_corrector(
     ``(denoiser, x, sigma, sigma_next, key, cond) -> x`` from :mod:`.steps`; default DDPM
     ancestral, whose step to 0 is noise-free). ``snr = 0.16`` is score_sde's CIFAR-10 VE value;
     ``per_example_step`` selects per-example norms in the step size (see
-    :func:`langevin_step_size`).
+    :func:`langevin_step_size`). The callback's ``x0_hat`` is the first corrector evaluation
+    (``None`` with ``corrector_steps=0``).
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N (corrector_steps + 1).
     """
     check_key(key, "predictor_corrector")
+    check_nonnegative("predictor_corrector", snr=snr)
     if not isinstance(corrector_steps, int) or corrector_steps < 0:
         raise ValueError(f"corrector_steps must be a non-negative int; got {corrector_steps!r}")
-    noise, sigmas = check_inputs(noise, sigmas)
-    x_start = noise * sigmas[0]
 
-    def step(x, inputs):
-        sigma, sigma_next, index = inputs
+    def step(denoiser, carry, inputs, cond):
+        (x,), (sigma, sigma_next, index) = carry, inputs
         step_key = jax.random.fold_in(key, index)
+        x0_first = None
         for m in range(corrector_steps):
-            score = (denoise(denoiser, x, sigma, cond) - x) / expand(sigma, x) ** 2
-            z = jax.random.normal(jax.random.fold_in(step_key, m + 1), x.shape, x.dtype)
+            score = score_from_denoiser(denoiser, x, sigma, cond)
+            if x0_first is None:
+                x0_first = x + expand(sigma, x) ** 2 * score
+            z = step_noise(step_key, m + 1, x)
             step_size = langevin_step_size(score, z, snr, per_example_step)
             x = x + expand(step_size, x) * score + expand(jnp.sqrt(2.0 * step_size), x) * z
-        return predictor(denoiser, x, sigma, sigma_next, jax.random.fold_in(step_key, 0), cond)
+        x = predictor(denoiser, x, sigma, sigma_next, jax.random.fold_in(step_key, 0), cond)
+        return (x,), x0_first
 
-    x, states = scan_steps(step, x_start, all_inputs(sigmas), lambda x: x, return_trajectory)
-    return finish(x, x_start, states, [], return_trajectory)
+    def final(denoiser, carry, sigma, index, cond):
+        (x0,), x0_first = step(denoiser, carry, (sigma, jnp.zeros_like(sigma), index), cond)
+        return x0, x0_first
+
+    return sample(
+        step, denoiser, noise, sigmas, cond=cond, callback=callback,
+        return_trajectory=return_trajectory, final=final,
+    )
+
+
+SAMPLERS = (
+    SamplerInfo(
+        "ddim", ddim, stochastic=True, needs_key=False, order=1, nfe=one_per_step,
+        options=("eta",), summary="eta-DDIM (eta 0: deterministic, = euler; eta 1: DDPM)",
+        source="Song et al. 2021 DDIM eq. 12, 16",
+        variants=(Variant({"eta": 0.5}, None, one_per_step),),
+    ),
+    SamplerInfo(
+        "ancestral", ancestral, stochastic=True, needs_key=True, order=None, nfe=one_per_step,
+        options=("eta", "s_noise"), summary="DDPM / Euler-ancestral",
+        source="Ho et al. 2020 Alg. 2 in the VE frame",
+    ),
+    SamplerInfo(
+        "edm_stochastic", edm_stochastic, stochastic=True, needs_key=False, order=2,
+        nfe=two_per_step_then_one, options=("s_churn", "s_tmin", "s_tmax", "s_noise"),
+        summary="churned Heun (s_churn 0: = heun)", source="Karras et al. 2022 Alg. 2",
+        variants=(Variant({"s_churn": 30.0}, None, two_per_step_then_one),),
+    ),
+    SamplerInfo(
+        "euler_maruyama", euler_maruyama, stochastic=True, needs_key=True, order=None,
+        nfe=one_per_step, options=(),
+        summary="Euler-Maruyama on the reverse VE SDE, Tweedie denoising at the end",
+        source="Song et al. 2021 eq. 6, 9",
+    ),
+    SamplerInfo(
+        "predictor_corrector", predictor_corrector, stochastic=True, needs_key=True, order=None,
+        nfe=two_per_step,
+        options=("predictor", "corrector_steps", "snr", "per_example_step"),
+        summary="predictor + Langevin corrector with the snr step size",
+        source="Song et al. 2021 Alg. 4/5",
+    ),
+)

@@ -12,15 +12,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from diffusion_jax.samplers._core import (
-    check_inputs,
-    check_order,
-    denoise,
-    expand,
-    finish,
-    interior_inputs,
-    scan_steps,
-)
+from diffusion_jax.samplers._core import check_order, denoise, expand, sample
+from diffusion_jax.samplers._info import SamplerInfo, Variant, one_per_step
 from diffusion_jax.samplers.dpm_solver import step_orders
 
 __all__ = ["unipc"]
@@ -31,8 +24,13 @@ def _unipc_coefficients(ratios, h, order, variant):
 
     ``ratios`` are ``r_k = (lambda_{i-k} - lambda_i) / h`` of the ``p - 1`` previous points.
     Solves ``R rho = b`` with ``R_jk = r_k^(j-1)`` and ``b_j = (h phi_{j+1}(-h)) j! / B(h)`` in
-    the scaled form of Zhao et al. 2023, Alg. 3 / eq. (9).
+    the scaled form of Zhao et al. 2023, Alg. 3 / eq. (9). The small linear solves run in at
+    least float32 (LAPACK has no half precision); the coefficients come back in ``h``'s dtype.
     """
+    dtype = h.dtype
+    solve_dtype = jnp.promote_types(dtype, jnp.float32)
+    h = h.astype(solve_dtype)
+    ratios = [ratio.astype(solve_dtype) for ratio in ratios]
     hh = -h
     h_phi_1 = jnp.expm1(hh)
     b_of_h = hh if variant == "bh1" else jnp.expm1(hh)
@@ -55,43 +53,38 @@ def _unipc_coefficients(ratios, h, order, variant):
     else:
         rhos_predictor = jnp.linalg.solve(matrix[:-1, :-1], vector[:-1])
         rhos_corrector = jnp.linalg.solve(matrix, vector)
-    return rhos_predictor, rhos_corrector, b_of_h, h_phi_1
+    return tuple(
+        value.astype(dtype) for value in (rhos_predictor, rhos_corrector, b_of_h, h_phi_1)
+    )
 
 
 def unipc(
-    denoiser,
-    noise,
-    sigmas,
-    *,
-    key=None,
-    cond=None,
-    return_trajectory=False,
-    order=3,
-    variant="bh2",
-    lower_order_final=True,
+    denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    order=3, variant="bh2", lower_order_final=True,
 ):
     """UniPC-p with ``B(h) = h`` (``variant="bh1"``) or ``B(h) = e^h - 1`` (``"bh2"``), orders
     1-3 with lower-order warm-up (Zhao et al. 2023, Alg. 3; the ``rho = 1/2`` shortcuts for UniP-2
-    and UniC-1 of their Sec. 3.3). The corrector costs no evaluation and is skipped on the last step.
+    and UniC-1 of their Sec. 3.3). The corrector costs no evaluation and is skipped on the last
+    step. The corrector raises the order by one for ``order`` 1 and 2; for ``order = 3`` the
+    measured global order is 3, not 4 (the warm-up and the uncorrected last step limit it).
 
+    ``noise`` is UNIT Gaussian (scaled by ``sigmas[0]`` here; a warning flags pre-scaled noise).
     NFE for a grid of N steps: N.
     """
     del key
     check_order(order, (1, 2, 3), "unipc")
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"unipc: variant must be 'bh1' or 'bh2'; got {variant!r}")
-    noise, sigmas = check_inputs(noise, sigmas)
-    x_start = noise * sigmas[0]
-    num_interior = sigmas.shape[0] - 2
-    orders = step_orders(num_interior, order, lower_order_final)
-    use_corrector = jnp.arange(num_interior) < num_interior - 1
-    history = jnp.zeros((order,) + x_start.shape, x_start.dtype)
-    history = history.at[0].set(denoise(denoiser, x_start, sigmas[0], cond))
-    lambda_start = -jnp.log(sigmas[0])
-    # placeholder logSNRs of the empty history: distinct, finite, below lambda_start
-    lambdas = lambda_start - jnp.arange(order, dtype=sigmas.dtype)
 
-    def step(carry, inputs):
+    def first_history(x_start, sigmas):
+        history = jnp.zeros((order,) + x_start.shape, x_start.dtype)
+        return history.at[0].set(denoise(denoiser, x_start, sigmas[0], cond))
+
+    def placeholder_lambdas(x_start, sigmas):
+        # logSNRs of the empty history: distinct, finite, below lambda_start
+        return -jnp.log(sigmas[0]) - jnp.arange(order, dtype=sigmas.dtype)
+
+    def step(denoiser, carry, inputs, cond):
         x, history, lambdas = carry
         sigma, sigma_next, _, step_order, correct = inputs
         lambda_next = -jnp.log(sigma_next)
@@ -107,14 +100,8 @@ def unipc(
             rhos_p, rhos_c, b_of_h, h_phi_1 = _unipc_coefficients(ratios, h, p, variant)
             if x_linear is None:
                 x_linear = expand(sigma_next / sigma, x) * x - expand(h_phi_1, x) * history[0]
-            residual_p = sum(
-                (expand(rhos_p[k], x) * differences[k] for k in range(p - 1)),
-                start=jnp.zeros_like(x),
-            )
-            residual_c = sum(
-                (expand(rhos_c[k], x) * differences[k] for k in range(p - 1)),
-                start=jnp.zeros_like(x),
-            )
+            residual_p = _weighted_sum(rhos_p, differences, p - 1, x)
+            residual_c = _weighted_sum(rhos_c, differences, p - 1, x)
             candidate_p = x_linear - expand(b_of_h, x) * residual_p
             candidate = (candidate_p, residual_c, rhos_c[-1] * b_of_h, b_of_h)
             if predicted is None:
@@ -126,25 +113,46 @@ def unipc(
                     jnp.where(take, new, old)
                     for new, old in zip(candidate, corrected_terms, strict=True)
                 )
-        x0_next = denoise(denoiser, predicted, sigma_next, cond)
+        x0_next = denoiser(predicted, sigma_next, cond)
         _, residual_c, last_weight, b_of_h = corrected_terms
         corrected = x_linear - expand(b_of_h, x) * residual_c - expand(last_weight, x) * (
             x0_next - history[0]
         )
         x_next = jnp.where(correct, corrected, predicted)
-        history = jnp.concatenate([x0_next[None], history[:-1]], axis=0)
+        new_history = jnp.concatenate([x0_next[None], history[:-1]], axis=0)
         lambdas = jnp.concatenate([lambda_next[None], lambdas[:-1]])
-        return x_next, history, lambdas
+        return (x_next, new_history, lambdas), history[0]
 
-    sigma, sigma_next, index = interior_inputs(sigmas)
-    carry, states = scan_steps(
-        step,
-        (x_start, history, lambdas),
-        (sigma, sigma_next, index, orders, use_corrector),
-        lambda c: c[0],
-        return_trajectory,
+    def final(denoiser, carry, sigma, index, cond):
+        x0 = carry[1][0]  # the last evaluation, at the last state above 0: no new evaluation
+        return x0, x0
+
+    return sample(
+        step, denoiser, noise, sigmas, cond=cond, callback=callback,
+        return_trajectory=return_trajectory, carry_rest=(first_history, placeholder_lambdas),
+        per_step=(
+            lambda n: step_orders(n, order, lower_order_final),
+            lambda n: jnp.arange(n) < n - 1,
+        ),
+        final=final,
     )
-    x0 = carry[1][0]
-    return finish(x0, x_start, states, [x0], return_trajectory)
 
 
+def _weighted_sum(weights, terms, count, x):
+    """``sum_k weights[k] terms[k]`` over ``k < count`` (zeros for ``count = 0``)."""
+    return sum((expand(weights[k], x) * terms[k] for k in range(count)), start=jnp.zeros_like(x))
+
+
+SAMPLERS = (
+    SamplerInfo(
+        "unipc", unipc, stochastic=False, needs_key=False, order=3, nfe=one_per_step,
+        options=("order", "variant", "lower_order_final"),
+        summary="UniPC predictor-corrector (bh1 / bh2), orders 1-3, corrector at no cost",
+        source="Zhao et al. 2023 Alg. 3",
+        variants=(
+            Variant({"order": 1, "variant": "bh1"}, 2, one_per_step),
+            Variant({"order": 2}, 3, one_per_step),
+            Variant({"variant": "bh1"}, 3, one_per_step),
+        ),
+    ),
+)
