@@ -65,7 +65,7 @@ def main(argv):
     from diffusion_jax import recipes, samplers
 
     if FLAGS.list_samplers:
-        print(samplers.table())
+        print(samplers.registry.markdown_table())
         return
     if not FLAGS.workdir:
         runtime.fail("--workdir is required", runtime.EXIT_USAGE)
