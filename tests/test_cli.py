@@ -145,8 +145,10 @@ def test_rerunning_a_finished_run_reports_it(tiny_run):
 
 
 def test_config_change_at_resume_is_refused_unless_allowed(tmp_path):
-    ok = _train(tmp_path, "--config.train.num_steps=100", "--config.train.checkpoint_every=100")
+    ok = _train(tmp_path, "--config.train.num_steps=100", "--config.train.checkpoint_every=100",
+                "--config.train.eval_every=100", "--config.train.eval_num_samples=256")
     assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "fid" in ok.stdout and "precision" in ok.stdout  # periodic evaluation during training
     # same array shapes, different model: EDM -> VP process and preconditioning
     changed = ("--config.process.name=vp", "--config.model.preconditioning=vp",
                "--config.train.num_steps=200")
