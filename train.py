@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from diffusion_jax import checkpoints, runlock
 from diffusion_jax.recipes import runtime
@@ -26,7 +25,8 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 
 def define_flags():
     """The CLI's flags (defined only when run as a script)."""
-    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config (.py file).")
+    flags.DEFINE_string("config", DEFAULT_CONFIG, "Experiment config (.py file); override its "
+                        "fields with --config.group.field=value.")
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
     flags.DEFINE_bool("allow_config_change", False, "Resume although the config changes the "
                       "model or objective (recorded in workdir/config_changes.jsonl).")
@@ -38,8 +38,6 @@ def define_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        runtime.fail(f"unexpected arguments: {argv[1:]}", runtime.EXIT_USAGE)
     if not FLAGS.workdir:
         runtime.fail("--workdir is required", runtime.EXIT_USAGE)
     runtime.quiet_libraries(FLAGS["verbosity"].present)
@@ -47,9 +45,13 @@ def main(argv):
     from diffusion_jax import recipes
 
     try:
+        config = recipes.load_config(FLAGS.config, recipes.defaults.parse_overrides(argv[1:]))
+    except ValueError as error:
+        runtime.fail(error, runtime.EXIT_USAGE)
+    try:
         runtime.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                        FLAGS.process_id)
-        result = recipes.train(FLAGS.config, FLAGS.workdir,
+        result = recipes.train(config, FLAGS.workdir,
                                allow_config_change=FLAGS.allow_config_change)
     except (FloatingPointError, ValueError, FileNotFoundError, checkpoints.CheckpointError,
             runlock.RunLockedError) as e:

@@ -264,7 +264,7 @@ def test_nnx_network_in_preconditioned_denoiser_matches_a_plain_function(x64):
     assert np.max(np.abs(grad_kernel)) > 1e-6
 
 
-def test_a_plain_function_is_not_retraced_on_the_second_call():
+def test_a_plain_function_is_not_retraced_on_the_second_call(x64):
     """The static part is compared by value (the same function object), so Diffrax's and the
     likelihood's jit caches hit: the function's Python body runs only while tracing."""
     traces = [0]

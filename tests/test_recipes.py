@@ -221,5 +221,16 @@ def test_load_config_applies_overrides_and_rejects_unknown_fields():
     assert config.train.num_steps == 7 and config.data.name == "two_moons"
     with pytest.raises(ValueError, match="unknown config field"):
         _config("tiny", **{"train.nope": 1})
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="does not exist"):
         recipes.load_config("/no/such/config.py")
+    with pytest.raises(ValueError, match=r"did you mean train\.num_steps\?"):
+        _config("tiny", **{"train.num_stepz": 1})
+    parsed = _config("tiny", **recipes.defaults.parse_overrides([
+        "--config.train.num_steps=12", "--config.model.channel_multipliers=(1, 2, 2)",
+        "--config.optim.learning_rate=1", "--config.process.name=vp",
+        "--config.data.random_flip=true"]))
+    assert parsed.train.num_steps == 12 and parsed.model.channel_multipliers == (1, 2, 2)
+    assert parsed.optim.learning_rate == 1.0 and isinstance(parsed.optim.learning_rate, float)
+    assert parsed.process.name == "vp" and parsed.data.random_flip is True
+    with pytest.raises(ValueError, match="bad value"):
+        _config("tiny", **{"train.num_steps": "ten"})

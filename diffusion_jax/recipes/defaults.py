@@ -7,13 +7,16 @@ sigma_data = 0.5, ln sigma ~ N(-1.2, 1.2^2), lambda(sigma) = 1/c_out^2, Heun sam
 Karras grid (rho = 7).
 """
 
+import ast
+import difflib
 import importlib.util
 import os
 import sys
+import traceback
 
 import ml_collections
 
-__all__ = ["base_config", "load_config"]
+__all__ = ["base_config", "load_config", "parse_overrides"]
 
 
 def base_config():
@@ -118,27 +121,81 @@ def base_config():
 
 
 def load_config(path, overrides=None):
-    """The ``get_config()`` of an ml_collections config file (as ``--config PATH`` reads it),
-    with ``overrides`` (``{"train.num_steps": 200}``) applied. The file's directory's parent is on
-    ``sys.path`` while it loads, so ``from configs import base`` in a repository config works."""
+    """The ``get_config()`` of an ml_collections config file, with ``overrides``
+    (``{"train.num_steps": 200}``; string values such as ``"200"`` or ``"(1, 2)"`` are parsed as
+    the command line's ``--config.train.num_steps=200``) applied. The file's directory's parent is
+    on ``sys.path`` while it loads, so ``from configs import base`` in a repository config works.
+    Errors (a missing file, a misspelt field, a value of the wrong type) are one-line
+    ``ValueError`` s; a config file is code and runs as such."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise ValueError(f"config file {path} does not exist")
     root = os.path.dirname(os.path.dirname(path))
     spec = importlib.util.spec_from_file_location(f"_diffusion_jax_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, root)
     try:
         spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ValueError(f"config file {path} has no get_config()")
+        config = module.get_config()
+    except ValueError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the config file's own code failed
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        raise ValueError(f"config file {path} failed ({frame.filename}:{frame.lineno}): "
+                         f"{type(error).__name__}: {error}") from None
     finally:
         sys.path.remove(root)
-    config = module.get_config()
     for name, value in (overrides or {}).items():
-        group, _, field = name.rpartition(".")
-        target = config
-        for part in group.split(".") if group else ():
-            target = target[part]
-        if field not in target:
-            raise ValueError(f"unknown config field {name!r}")
-        target[field] = value
+        _override(config, name, value)
     return config
+
+
+def _override(config, name, value):
+    group, _, field = name.rpartition(".")
+    target = config
+    for part in group.split(".") if group else ():
+        if part not in target or not isinstance(target[part], ml_collections.ConfigDict):
+            raise ValueError(f"unknown config group {part!r} in {name!r}")
+        target = target[part]
+    if field not in target:
+        close = difflib.get_close_matches(field, list(target.keys()), n=1)
+        hint = f"; did you mean {group + '.' if group else ''}{close[0]}?" if close else ""
+        raise ValueError(f"unknown config field {name!r}{hint}")
+    current = target[field]
+    if isinstance(value, str) and not isinstance(current, str):
+        value = _parse_value(name, value)
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    try:
+        target[field] = value
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"bad value {value!r} for config field {name!r} "
+                         f"(a {type(current).__name__}): {str(error).splitlines()[0]}") from None
+
+
+def _parse_value(name, text):
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"cannot parse {text!r} for config field {name!r}") from None
+
+
+def parse_overrides(args):
+    """``{"train.num_steps": "200"}`` from command-line words ``--config.train.num_steps=200``;
+    other words raise a one-line ``ValueError``."""
+    overrides = {}
+    for arg in args:
+        if not arg.startswith("--config."):
+            raise ValueError(f"unexpected argument {arg!r}")
+        name, sep, value = arg[len("--config."):].partition("=")
+        if not sep:
+            raise ValueError(f"{arg!r} needs a value: --config.{name}=VALUE")
+        overrides[name] = value
+    return overrides
