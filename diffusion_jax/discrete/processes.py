@@ -190,17 +190,22 @@ class D3PM:
         return categorical(key, jnp.log(self.marginal_probs(x0, t)))
 
     def posterior_probs(self, x0_probs, x_t, t):
-        """``q(x_{t-1} | x_t, x_0)`` ``(B, ..., S)`` averaged over ``x_0 ~ x0_probs (B, ..., S)``:
-        ``∝ Q_t[:, x_t] ⊙ (x0_probs @ Qbar_{t-1})`` (Austin et al. 2021, Eq. 3; with a one-hot
-        ``x0_probs`` it is the true posterior, with a network's prediction it is D3PM's
-        x0-parameterised reverse step). ``t (B,)`` in ``1..T``."""
+        """``sum_{x_0} q(x_{t-1} | x_t, x_0) x0_probs(x_0)`` ``(B, ..., S)`` for ``x0_probs
+        (B, ..., S)``, ``x_t (B, ...)`` and ``t (B,)`` in ``1..T``, where the true posterior is
+        ``q(x_{t-1} | x_t, x_0) = Q_t[x_{t-1}, x_t] Qbar_{t-1}[x_0, x_{t-1}] / Qbar_t[x_0, x_t]``
+        (Austin et al. 2021, Eq. 3). With a one-hot ``x0_probs`` it is the true posterior; with
+        a network's ``p(x_0 | x_t)`` it is the x0-parameterised reverse step as a *mixture of
+        posteriors*, so the exact ``q(x_0 | x_t)`` gives the exact reverse ``q(x_{t-1} | x_t)``.
+        (D3PM's Eq. 4 instead normalises ``Q_t[:, x_t] ⊙ (p @ Qbar_{t-1})`` once, which differs
+        unless ``Qbar_t[x_0, x_t]`` is constant in ``x_0``, e.g. absorbing at the mask.) Classes
+        ``x_0`` that cannot reach ``x_t`` get no weight."""
         t_per_position = _per_example(t, x_t)
         columns = jnp.swapaxes(self.onestep, -1, -2)[t_per_position - 1, x_t]  # Q_t[:, x_t]
+        evidence = jnp.swapaxes(self.cumulative, -1, -2)[t_per_position, x_t]  # Qbar_t[:, x_t]
+        x0_probs = x0_probs.astype(self.cumulative.dtype)
+        weights = jnp.where(evidence > 0, x0_probs / jnp.where(evidence > 0, evidence, 1.0), 0.0)
         previous = self.cumulative[t_per_position.reshape(-1) - 1]  # (B, S, S)
-        prior_of_previous = jnp.einsum(
-            "b...i,bij->b...j", x0_probs.astype(self.cumulative.dtype), previous
-        )
-        unnormalised = columns * prior_of_previous
+        unnormalised = columns * jnp.einsum("b...i,bij->b...j", weights, previous)
         return unnormalised / jnp.sum(unnormalised, axis=-1, keepdims=True)
 
 
