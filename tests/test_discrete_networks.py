@@ -20,7 +20,7 @@ def test_digits_tokens_are_the_original_17_levels():
     # every test image is one of sklearn's images exactly, with its label
     flat = original.images.reshape(len(original.images), -1).astype(np.int32)
     index = {row.tobytes(): i for i, row in enumerate(flat)}
-    for image, label in zip(tokens[:50], labels[:50]):
+    for image, label in zip(tokens[:50], labels[:50], strict=True):
         assert original.target[index[image.reshape(-1).tobytes()]] == label
     train, _ = data.load_digits_tokens("train")
     assert len(train) + len(tokens) == 1797
