@@ -203,3 +203,15 @@ def test_likelihood_bad_input_errors():
         likelihood.nelbo_bits(network, process, np.zeros((4, 3), np.float32), key)
     with pytest.raises(ValueError, match="K = 5 classes"):
         likelihood.nelbo_bits(network, P.MaskedDiffusion(5), np.zeros((4, 3), np.int32), key)
+
+
+def test_losses_reject_float_tokens_and_out_of_range_classes():
+    process = P.MaskedDiffusion(4)
+    network = toys.product_of_categoricals(MARGINALS).posterior_network(process)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="integer class indices"):
+        losses.masked_diffusion_loss(network, process, jnp.zeros((2, 3)), key)
+    with pytest.raises(ValueError, match="must lie in"):
+        losses.dfm_loss(network, P.MixturePath(4), jnp.full((2, 3), 4), key)
+    with pytest.raises(ValueError, match="integer class indices"):
+        losses.d3pm_loss(network, P.d3pm("uniform", 4, num_steps=4), jnp.zeros((2, 3)), key)

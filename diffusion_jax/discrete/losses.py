@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.discrete.checks import model_logits
+from diffusion_jax.discrete.checks import check_tokens, model_logits
 
 __all__ = [
     "DFM_LOSSES",
@@ -84,6 +84,7 @@ def d3pm_loss(network, process, x0, key, *, hybrid_coeff=0.001, cond=None):
     """D3PM hybrid loss ``L_{t-1} + lambda * CE`` per example (Austin et al. 2021, Eq. 5;
     ``lambda = 0.001`` for images; ``0`` gives the pure variational term), ``t ~ U{1..T}``,
     averaged over positions (nats per position)."""
+    x0 = check_tokens(x0, process.num_classes, "x0")
     t, x_t = _d3pm_draw(process, x0, key)
     vb, ce = d3pm_terms(network, process, x0, x_t, t, cond=cond)
     per_position = vb + hybrid_coeff * ce
@@ -93,6 +94,7 @@ def d3pm_loss(network, process, x0, key, *, hybrid_coeff=0.001, cond=None):
 def d3pm_nelbo(network, process, x0, key, *, cond=None):
     """Unbiased one-draw estimate of the negative ELBO per example (``(B,)``, nats, summed over
     positions): ``KL(q(x_T | x_0) || p(x_T)) + T * L_{t-1}`` with ``t ~ U{1..T}``."""
+    x0 = check_tokens(x0, process.num_classes, "x0")
     t, x_t = _d3pm_draw(process, x0, key)
     vb, _ = d3pm_terms(network, process, x0, x_t, t, cond=cond)
     return d3pm_prior_kl(process, x0) + process.num_steps * _positions_sum(vb)
@@ -121,6 +123,7 @@ def _unit_times(key, batch, dtype=jnp.float32):
 def masked_diffusion_loss(network, process, x0, key, *, cond=None):
     """Unbiased one-draw estimate of the masked-diffusion NELBO per example (``(B,)``, nats,
     summed over positions), ``t ~ U(0, 1]``. Its expectation does not depend on the schedule."""
+    x0 = check_tokens(x0, process.num_classes, "x0")
     t_key, x_key = jax.random.split(key)
     t = _unit_times(t_key, x0.shape[0])
     x_t = process.sample_marginal(x_key, x0, t)
@@ -161,6 +164,7 @@ def dfm_loss(network, path, x1, key, *, kind="generalized_kl", cond=None):
     """One-draw discrete flow matching loss per example (``(B,)``, summed over positions),
     ``t ~ U[0, 1)``, ``x_t`` from the mixture path. With ``generalized_kl`` it is an unbiased
     estimate of a negative ELBO in nats."""
+    x1 = check_tokens(x1, path.num_classes, "x1")
     t_key, x_key = jax.random.split(key)
     t = jax.random.uniform(t_key, x1.shape[:1])
     x_t = path.sample_marginal(x_key, x1, t)
