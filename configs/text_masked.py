@@ -12,6 +12,7 @@ def get_config():
     config.data.shape = (128,)
     config.data.num_classes = 0
     config.discrete.process = "masked"
+    config.discrete.time_conditioning = False  # MDLM: p(x0 | x_t) does not depend on t; exact cache
     config.discrete.sample_steps = 128
     config.model.hidden_dim = 128
     config.model.num_layers = 4
