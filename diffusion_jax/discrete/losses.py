@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.discrete.categorical import pad_to_states
 from diffusion_jax.discrete.checks import check_tokens, model_logits
 
 __all__ = [
@@ -39,13 +40,6 @@ def _pick(log_probs, tokens):
     return jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
 
 
-def _pad(probs, num_states):
-    missing = num_states - probs.shape[-1]
-    if missing == 0:
-        return probs
-    return jnp.concatenate([probs, jnp.zeros(probs.shape[:-1] + (missing,), probs.dtype)], -1)
-
-
 # -- D3PM ----------------------------------------------------------------------------------------
 
 
@@ -57,7 +51,7 @@ def d3pm_terms(network, process, x0, x_t, t, *, cond=None):
     dtype = process.cumulative.dtype
     logits = model_logits(network, x_t, t / process.num_steps, cond, process.num_classes)
     log_x0 = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
-    model = process.posterior_probs(_pad(jnp.exp(log_x0), process.num_states), x_t, t)
+    model = process.posterior_probs(pad_to_states(jnp.exp(log_x0), process.num_states), x_t, t)
     true = process.posterior_probs(jax.nn.one_hot(x0, process.num_states, dtype=dtype), x_t, t)
     kl = jnp.sum(jax.scipy.special.xlogy(true, true) - true * _safe_log(model), axis=-1)
     reconstruction = -_pick(_safe_log(model), x0)
@@ -152,7 +146,7 @@ def dfm_terms(network, path, x1, x_t, t, *, kind="generalized_kl", cond=None):
     nll = -_pick(log_probs, x1)
     if kind == "cross_entropy":
         return jnp.where(masked, nll, 0.0)
-    probs = _pad(jnp.exp(log_probs), path.num_states)
+    probs = pad_to_states(jnp.exp(log_probs), path.num_states)
     stay = jnp.where(masked, _pick(probs, x_t), 1.0)  # carry-over: p(x_t) = 1 for clean tokens
     nll = jnp.where(masked, nll, 0.0)
     moved = (x_t != x1).astype(logits.dtype)

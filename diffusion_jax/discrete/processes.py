@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax.discrete.categorical import categorical, pad_to_states
+
 __all__ = [
     "BETA_SCHEDULES",
     "D3PM",
@@ -111,23 +113,30 @@ def _gaussian_matrix(beta, num_classes):
     return matrix
 
 
+def _jump_target(kind, num_classes):
+    """``1 m^T``: every row jumps to ``m`` (uniform ``1/K``; absorbing ``e_mask``, mask = ``K``)."""
+    states = num_classes + (kind == "absorbing")
+    if kind == "uniform":
+        return np.full((states, states), 1.0 / states)
+    target = np.zeros((states, states))
+    target[:, num_classes] = 1.0
+    return target
+
+
 def _one_step_matrices(kind, betas, num_classes):
-    """``(T, S, S)`` one-step matrices ``Q_t`` (row-stochastic), float64."""
+    """``(T, S, S)`` one-step matrices ``Q_t = (1 - beta_t) I + beta_t 1 m^T`` (row-stochastic;
+    banded for gaussian), float64."""
     if kind == "gaussian":
         return np.stack([_gaussian_matrix(b, num_classes) for b in betas])
-    states = num_classes + (kind == "absorbing")
-    eye = np.eye(states)
-    if kind == "uniform":
-        target = np.full((states, states), 1.0 / states)
-    else:  # absorbing: every row jumps to the mask state K
-        target = np.zeros((states, states))
-        target[:, num_classes] = 1.0
+    target = _jump_target(kind, num_classes)
+    eye = np.eye(target.shape[0])
     return (1.0 - betas)[:, None, None] * eye + betas[:, None, None] * target
 
 
 def _cumulative_matrices(kind, betas, onestep, num_classes):
-    """``(T + 1, S, S)`` with ``Qbar_0 = I``: closed form ``abar_t I + (1 - abar_t) 1 m^T`` for
-    uniform (``m = 1/K``) and absorbing (``m = e_mask``), the running product for gaussian."""
+    """``(T + 1, S, S)`` with ``Qbar_0 = I``: closed form ``abar_t I + (1 - abar_t) 1 m^T``,
+    ``abar_t = prod_s (1 - beta_s)``, for uniform and absorbing; the running product for
+    gaussian."""
     states = onestep.shape[-1]
     if kind == "gaussian":
         out = [np.eye(states)]
@@ -135,11 +144,7 @@ def _cumulative_matrices(kind, betas, onestep, num_classes):
             out.append(out[-1] @ matrix)
         return np.stack(out)
     alpha_bar = np.concatenate([[1.0], np.cumprod(1.0 - betas)])
-    if kind == "uniform":
-        target = np.full((states, states), 1.0 / states)
-    else:
-        target = np.zeros((states, states))
-        target[:, num_classes] = 1.0
+    target = _jump_target(kind, num_classes)
     return alpha_bar[:, None, None] * np.eye(states) + (1.0 - alpha_bar)[:, None, None] * target
 
 
@@ -184,9 +189,7 @@ class D3PM:
         return self.cumulative[t, x0]
 
     def sample_marginal(self, key, x0, t):
-        """Draw ``x_t ~ q(x_t | x_0)`` (float64-safe Gumbel-max, see ``samplers.categorical``)."""
-        from diffusion_jax.discrete.samplers import categorical
-
+        """Draw ``x_t ~ q(x_t | x_0)`` (tail-keeping Gumbel-max, ``categorical``)."""
         return categorical(key, jnp.log(self.marginal_probs(x0, t)))
 
     def posterior_probs(self, x0_probs, x_t, t):
@@ -332,8 +335,8 @@ class MaskedDiffusion:
         ``(alpha_s - alpha_t)/(1 - alpha_t)``; a clean token stays (carry-over)."""
         unmask = _per_example(self.unmask_probability(t, s), x_t)[..., None]
         mask = jax.nn.one_hot(self.mask_index, self.num_states, dtype=unmask.dtype)
-        padded = jnp.concatenate([x0_probs, jnp.zeros_like(x0_probs[..., :1])], axis=-1)
-        from_mask = unmask * padded.astype(unmask.dtype) + (1.0 - unmask) * mask
+        padded = pad_to_states(x0_probs, self.num_states).astype(unmask.dtype)
+        from_mask = unmask * padded + (1.0 - unmask) * mask
         stay = jax.nn.one_hot(x_t, self.num_states, dtype=unmask.dtype)
         return jnp.where((x_t == self.mask_index)[..., None], from_mask, stay)
 
@@ -412,15 +415,10 @@ class MixturePath:
         keep = jax.random.uniform(keep_key, x1.shape, dtype=kappa.dtype) < kappa
         return jnp.where(keep, x1, self.sample_source(source_key, x1.shape, x1.dtype))
 
-    def pad(self, x1_probs):
-        """``(…, K)`` probabilities over data classes -> ``(…, S)`` (zero on the mask state)."""
-        if self.source == "mask":
-            return jnp.concatenate([x1_probs, jnp.zeros_like(x1_probs[..., :1])], axis=-1)
-        return x1_probs
-
     def rates(self, x1_probs, x_t, t):
         """The rate matrix row ``u_t(· | x_t)`` ``(B, ..., S)`` for a posterior ``x1_probs
         (B, ..., K)``: off-diagonal entries ``>= 0``, each row sums to 0."""
         coefficient = _per_example(self.jump_coefficient(t), x_t)[..., None]
         current = jax.nn.one_hot(x_t, self.num_states, dtype=coefficient.dtype)
-        return coefficient * (self.pad(x1_probs).astype(coefficient.dtype) - current)
+        padded = pad_to_states(x1_probs, self.num_states).astype(coefficient.dtype)
+        return coefficient * (padded - current)

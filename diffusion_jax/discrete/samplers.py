@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.discrete.categorical import categorical, pad_to_states, uniform_with_tail
 from diffusion_jax.discrete.checks import model_logits, resolve_dtype
 
 __all__ = [
@@ -24,36 +25,6 @@ __all__ = [
     "sample_masked",
     "uniform_with_tail",
 ]
-
-
-def uniform_with_tail(key, shape, dtype):
-    """Uniform draws in ``(0, 1)`` whose *relative* precision holds down to ``eps^2`` near 0:
-    ``U1 + eps U2`` with ``U1, U2`` uniform on the ``eps``-grid (``eps = finfo(dtype).eps``).
-    A single ``jax.random.uniform`` is a multiple of ``eps`` (``2^-23`` in float32), which caps
-    the Gumbel noise at ``-log(eps) ≈ 15.9`` and so silently drops classes whose log-probability
-    gap exceeds ~18 (Zheng et al. 2024, arXiv 2409.02908, on MDLM's float32 sampling)."""
-    eps = jnp.finfo(dtype).eps
-    coarse_key, fine_key = jax.random.split(key)
-    coarse = jax.random.uniform(coarse_key, shape, dtype)
-    fine = jax.random.uniform(fine_key, shape, dtype)
-    value = coarse + eps * fine
-    return jnp.clip(value, jnp.finfo(dtype).tiny, 1.0 - eps)
-
-
-def categorical(key, logits, *, dtype=None):
-    """Draw ``argmax(logits + G)`` over the last axis with Gumbel noise
-    ``G = -log(-log1p(-V))`` and ``V = uniform_with_tail`` (Gumbel 1954; the Gumbel-max trick).
-
-    ``dtype``: the precision of the draw; ``None`` is float64 when ``jax_enable_x64`` is on, else
-    float32 (both keep classes down to probability ~1e-13 relative to the top class). Lower
-    precisions (``float16``, ``bfloat16``) are accepted but truncate the tail (the tests show a
-    1e-6 class vanishing). ``-inf`` logits are never drawn.
-    """
-    dtype = resolve_dtype(dtype)
-    logits = jnp.asarray(logits).astype(dtype)
-    exponential = -jnp.log1p(-uniform_with_tail(key, logits.shape, dtype))
-    gumbel = -jnp.log(exponential)
-    return jnp.argmax(logits + gumbel, axis=-1).astype(jnp.int32)
 
 
 def _batch_keys(key, num_steps):
@@ -80,20 +51,12 @@ def sample_d3pm(network, process, key, shape, *, cond=None, dtype=None):
         t, step_key = inputs
         t_batch = jnp.full((shape[0],), t)
         logits = model_logits(network, x, t_batch / num_steps, cond, process.num_classes)
-        x0_probs = _pad_mask(jax.nn.softmax(logits.astype(dtype), axis=-1), process.num_states)
+        x0_probs = pad_to_states(jax.nn.softmax(logits.astype(dtype), axis=-1), process.num_states)
         probs = process.posterior_probs(x0_probs, x, t_batch)
         return categorical(step_key, _log(probs), dtype=dtype), None
 
     x, _ = jax.lax.scan(step, x, (steps, _batch_keys(key, num_steps)))
     return x
-
-
-def _pad_mask(probs, num_states):
-    """Append zero probability for a mask state when ``num_states = K + 1``."""
-    missing = num_states - probs.shape[-1]
-    if missing == 0:
-        return probs
-    return jnp.concatenate([probs, jnp.zeros(probs.shape[:-1] + (missing,), probs.dtype)], -1)
 
 
 def sample_masked(network, process, key, shape, *, num_steps, cond=None, dtype=None,
