@@ -76,7 +76,13 @@ def main(argv):
         config = run.config
         report = {"workdir": os.path.abspath(FLAGS.workdir), "data": config.data.name,
                   "step": run.step, "ema": run.ema, "seed": FLAGS.seed}
-        if recipes.builders.is_image_data(config) and FLAGS.bpd_examples > 0:
+        family = recipes.family_module(config)
+        if family.FAMILY != "gaussian":  # the family's own evaluation (e.g. NELBO bits)
+            report.update(family.evaluate(
+                run.denoiser, config, num_examples=FLAGS.bpd_examples, seed=FLAGS.seed,
+                batch_size=FLAGS.bpd_batch_size, progress=True))
+            quality = None
+        elif recipes.builders.is_image_data(config) and FLAGS.bpd_examples > 0:
             images = recipes.load_split(config, FLAGS.split)["image"][:FLAGS.bpd_examples]
             bpd = evaluation.bits_per_dim_report(
                 run.denoiser, config, images, key=jax.random.key(FLAGS.seed + 1),
@@ -86,16 +92,18 @@ def main(argv):
             )
             report["bits_per_dim"] = dict(bpd, split=FLAGS.split)
             print(f"bits/dim on {FLAGS.split}: {bpd['mean']:.4f}", flush=True)
-        quality = evaluation.evaluate_samples(
-            run.denoiser, config, num_samples=FLAGS.num_samples or config.eval.num_samples,
-            seed=FLAGS.seed, reference_dir=eval_dir, reference_split=FLAGS.reference_split,
-            reference=FLAGS.reference, inception_weights=FLAGS.inception_weights,
-            sampler=FLAGS.sampler, grid=FLAGS.grid, num_steps=FLAGS.num_steps,
-            batch_size=FLAGS.batch_size, progress=True,
-        )
+        if family.FAMILY == "gaussian":
+            quality = evaluation.evaluate_samples(
+                run.denoiser, config, num_samples=FLAGS.num_samples or config.eval.num_samples,
+                seed=FLAGS.seed, reference_dir=eval_dir, reference_split=FLAGS.reference_split,
+                reference=FLAGS.reference, inception_weights=FLAGS.inception_weights,
+                sampler=FLAGS.sampler, grid=FLAGS.grid, num_steps=FLAGS.num_steps,
+                batch_size=FLAGS.batch_size, progress=True,
+            )
     except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as error:
         runtime.fail(error)
-    report["sample_quality"] = quality
+    if quality is not None:
+        report["sample_quality"] = quality
     if isinstance(quality, dict):
         print("sample quality: " + ", ".join(
             f"{k} {v:.4g}" for k, v in quality.items() if isinstance(v, float)), flush=True)

@@ -78,30 +78,38 @@ def main(argv):
             labels = [int(label) for label in FLAGS.labels]
         run = recipes.load(FLAGS.workdir, step=FLAGS.step, ema=FLAGS.ema or "config")
         sc = run.config.sample
-        sampler = FLAGS.sampler or sc.sampler
-        grid = FLAGS.grid or sc.grid
-        num_steps = sc.num_steps if FLAGS.num_steps is None else FLAGS.num_steps
         num_samples = sc.num_samples if FLAGS.num_samples is None else FLAGS.num_samples
         if labels is not None and not isinstance(labels, int) and FLAGS.num_samples is None:
             num_samples = len(labels)
+        if isinstance(labels, int):
+            labels = [labels] * max(num_samples, 0)
         seed = sc.seed if FLAGS.seed is None else FLAGS.seed
+        family = recipes.family_module(run.config)
+        if family.FAMILY == "gaussian":  # samplers of the registry on a named sigma grid
+            sampler, grid = FLAGS.sampler or sc.sampler, FLAGS.grid or sc.grid
+            num_steps = sc.num_steps if FLAGS.num_steps is None else FLAGS.num_steps
+            method = dict(sampler=sampler, grid=grid, num_steps=num_steps,
+                          guidance_scale=FLAGS.guidance_scale)
+            name = f"{sampler}_{grid}_{num_steps}"
+        else:  # the family's own samplers (its default when --sampler is not given)
+            sampler, num_steps = FLAGS.sampler, FLAGS.num_steps
+            method = dict(sampler=sampler, num_steps=num_steps)
+            name = f"{family.FAMILY}_{sampler or 'default'}_{num_steps or 'default'}"
         output = FLAGS.output or os.path.join(
-            FLAGS.workdir, "samples",
-            f"{sampler}_{grid}_{num_steps}_seed{seed}_n{num_samples}.npz")
+            FLAGS.workdir, "samples", f"{name}_seed{seed}_n{num_samples}.npz")
         recipes.sampling.check_output_path(output)
-        print(f"step {run.step}, EMA {run.ema or 'raw'}: sampling {num_samples} with {sampler} "
-              f"on {grid} ({num_steps} steps) ...", flush=True)
+        print(f"step {run.step}, EMA {run.ema or 'raw'}: sampling {num_samples} ({name}) ...",
+              flush=True)
         samples, labels = recipes.generate(
-            run.denoiser, run.config, num_samples=num_samples, seed=seed, sampler=sampler,
-            grid=grid, num_steps=num_steps, guidance_scale=FLAGS.guidance_scale,
+            run.denoiser, run.config, num_samples=num_samples, seed=seed,
             batch_size=FLAGS.batch_size, labels=labels, options=_options(FLAGS.option),
-            progress=True,
+            progress=True, **method,
         )
         png = recipes.sampling.save_samples(output, samples, labels, run.config)
     except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as error:
         runtime.fail(error)
-    print(f"wrote {output} and {png} ({len(samples)} samples, {sampler}, {grid}, "
-          f"{num_steps} steps, checkpoint step {run.step})", flush=True)
+    print(f"wrote {output} and {png} ({len(samples)} samples, {name}, checkpoint step "
+          f"{run.step})", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,10 @@
 as 17-level categorical 8x8 images, a small token transformer, CPU-sized."""
 
 from configs import base
-from diffusion_jax.recipes import discrete_defaults
 
 
 def get_config():
-    config = discrete_defaults.add_defaults(base.get_config())
+    config = base.get_config()
     config.model.family = "discrete"
     config.data.name = "digits"
     config.data.shape = (8, 8)

@@ -3,11 +3,10 @@ generalised-KL ELBO loss) on the pydoc corpus, windows of 128 characters, a smal
 transformer, CPU-sized. ``discrete.source = "uniform"`` gives the uniform-source path."""
 
 from configs import base
-from diffusion_jax.recipes import discrete_defaults
 
 
 def get_config():
-    config = discrete_defaults.add_defaults(base.get_config())
+    config = base.get_config()
     config.model.family = "discrete"
     config.data.name = "pydoc"
     config.data.shape = (128,)

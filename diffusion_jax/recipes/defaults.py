@@ -16,6 +16,8 @@ import traceback
 
 import ml_collections
 
+from diffusion_jax.recipes import discrete_defaults
+
 __all__ = ["base_config", "load_config", "parse_overrides"]
 
 
@@ -116,6 +118,7 @@ def base_config():
     eval_.num_samples = 1000
     eval_.num_projections = 128  # sliced Wasserstein distance for toy data
 
+    discrete_defaults.add_defaults(config)  # config.discrete: the discrete family's settings
     config.lock()
     return config
 

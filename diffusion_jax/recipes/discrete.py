@@ -20,6 +20,7 @@ from diffusion_jax.callables import filter_jit
 from diffusion_jax.discrete import data as discrete_data
 from diffusion_jax.discrete import likelihood, losses, processes, samplers
 from diffusion_jax.discrete.networks import NETWORKS as _NETWORKS
+from diffusion_jax.recipes.objectives import drop_labels
 
 __all__ = [
     "DATASETS",
@@ -217,10 +218,6 @@ def model_from_spec(spec, network):
 # -- training ------------------------------------------------------------------------------------
 
 
-def _drop_labels(labels, key, rate, null_class):
-    return jnp.where(jax.random.bernoulli(key, rate, labels.shape), null_class, labels)
-
-
 def make_loss_fn(config, wrap):
     """``loss_fn(network, batch, key) -> (batch,)`` nats per token for ``{"tokens": int32}``
     batches: D3PM hybrid loss, masked-diffusion NELBO or DFM loss (the latter two divided by the
@@ -238,7 +235,7 @@ def make_loss_fn(config, wrap):
         tokens = batch["tokens"].astype(jnp.int32)
         cond = None
         if labels is not None:
-            cond = _drop_labels(batch["label"], drop_key, class_dropout, labels)
+            cond = drop_labels(batch["label"], drop_key, class_dropout, labels)
         process = model.process
         if isinstance(process, processes.D3PM):
             return losses.d3pm_loss(model, process, tokens, loss_key, hybrid_coeff=hybrid_coeff,

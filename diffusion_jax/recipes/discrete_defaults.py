@@ -1,5 +1,5 @@
-"""The ``config.discrete`` group of the base config (the discrete family's settings) and the
-``model.family`` field if the base does not have it yet. ``add_defaults`` is idempotent."""
+"""The ``config.discrete`` group of the base config (the discrete family's settings);
+``add_defaults`` is idempotent."""
 
 from __future__ import annotations
 
@@ -43,10 +43,8 @@ def _group():
 
 
 def add_defaults(config):
-    """Add ``config.discrete`` (and ``config.model.family = "gaussian"`` if missing)."""
+    """Add the ``config.discrete`` group."""
     with config.unlocked():
-        if "family" not in config.model:
-            config.model.family = "gaussian"
         if "discrete" not in config:
             config.discrete = _group()
     return config
