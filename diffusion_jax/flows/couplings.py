@@ -138,15 +138,19 @@ def exact_ot_permutation(cost):
     return jnp.zeros(cost.shape[0], jnp.int32).at[rows].set(cols.astype(jnp.int32))
 
 
-def sinkhorn_plan(cost, epsilon, *, num_iters=200, a=None, b=None):
+def sinkhorn_plan(cost, epsilon, *, num_iters=200, a=None, b=None, epsilon_scaling=True):
     """Entropic OT plan ``P = argmin <P, C> - epsilon H(P)`` with marginals ``a``, ``b``
     (uniform by default) by ``num_iters`` log-domain Sinkhorn iterations (Cuturi 2013; Peyre &
     Cuturi 2019, Sec. 4.4, eq. 4.43-4.45): ``f = eps log a - eps LSE((g - C)/eps)``, then ``g``
     likewise. Fixed iteration count (``lax.scan``): jittable, vmappable and differentiable.
 
     The column marginal is exact after every iteration; the row marginal converges (measure it
-    with ``plan.sum(1) - a``). As ``epsilon -> 0`` the plan tends to the exact OT plan (it needs
-    more iterations: the contraction rate degrades like ``exp(-max C / eps)``).
+    with ``plan.sum(1) - a``). As ``epsilon -> 0`` the plan tends to the exact OT plan; plain
+    iterations then converge slowly (the contraction rate degrades like ``exp(-max C / eps)``),
+    so by default the first half of the iterations anneal the regularisation geometrically from
+    ``max C`` down to ``epsilon``, warm-starting the potentials (epsilon scaling; Schmitzer 2019,
+    "Stabilized sparse scaling algorithms for entropy regularized transport problems", Sec. 3.2);
+    the second half run at ``epsilon``. The fixed point is the same.
     """
     cost = jnp.asarray(cost)
     if cost.ndim != 2:
@@ -160,14 +164,22 @@ def sinkhorn_plan(cost, epsilon, *, num_iters=200, a=None, b=None):
     log_a = jnp.log(jnp.full((n,), 1.0 / n, dtype) if a is None else jnp.asarray(a, dtype))
     log_b = jnp.log(jnp.full((m,), 1.0 / m, dtype) if b is None else jnp.asarray(b, dtype))
 
-    def iteration(potentials, _):
+    epsilon = jnp.asarray(epsilon, dtype)
+    if epsilon_scaling:
+        start = jnp.maximum(jax.lax.stop_gradient(jnp.max(cost)), epsilon)
+        fraction = jnp.minimum(jnp.arange(num_iters, dtype=dtype) / max(num_iters // 2, 1), 1.0)
+        epsilons = start * (epsilon / start) ** fraction
+    else:
+        epsilons = jnp.full((num_iters,), epsilon)
+
+    def iteration(potentials, eps):
         f, g = potentials
-        f = epsilon * (log_a - jax.nn.logsumexp((g[None, :] - cost) / epsilon, axis=1))
-        g = epsilon * (log_b - jax.nn.logsumexp((f[:, None] - cost) / epsilon, axis=0))
+        f = eps * (log_a - jax.nn.logsumexp((g[None, :] - cost) / eps, axis=1))
+        g = eps * (log_b - jax.nn.logsumexp((f[:, None] - cost) / eps, axis=0))
         return (f, g), None
 
     init = (jnp.zeros((n,), dtype), jnp.zeros((m,), dtype))
-    (f, g), _ = jax.lax.scan(iteration, init, None, length=num_iters)
+    (f, g), _ = jax.lax.scan(iteration, init, epsilons)
     return jnp.exp((f[:, None] + g[None, :] - cost) / epsilon)
 
 
