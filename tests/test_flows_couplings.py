@@ -76,7 +76,7 @@ def test_sampled_plan_marginals_are_uniform_and_permutation_from_exact_plan():
     # exact plan: source j = 7 - i
     np.testing.assert_array_equal(np.asarray(cols), 7 - np.asarray(rows))
     rows, cols = couplings.sample_plan(jax.random.key(1), plan, 8, replace=False)
-    assert len(set(zip(np.asarray(rows).tolist(), np.asarray(cols).tolist()))) == 8
+    assert len(set(zip(np.asarray(rows).tolist(), np.asarray(cols).tolist(), strict=True))) == 8
     perm = couplings.permutation_from_plan(plan)
     np.testing.assert_array_equal(perm, 7 - np.arange(8))
     assert sorted(np.asarray(couplings.permutation_from_plan(plan, jax.random.key(2)))) == list(
@@ -105,7 +105,7 @@ def test_minibatch_ot_pairs_approach_the_gaussian_monge_map(x64):
             values.append(float(jnp.mean(jnp.sum((paired - target) ** 2, -1))))
         deviations.append(np.mean(values))
     slope = np.polyfit(np.log(sizes), np.log(deviations), 1)[0]
-    print("monge-map deviation", dict(zip(sizes, deviations)), "slope", slope)
+    print("monge-map deviation", dict(zip(sizes, deviations, strict=True)), "slope", slope)
     assert deviations[0] > deviations[1] > deviations[2]
     assert -0.9 < slope < -0.3, (deviations, slope)
 
@@ -149,7 +149,7 @@ def test_sinkhorn_coupling_keeps_conditions_with_their_data_point():
     paired_data, _, cond = couplings.sinkhorn_coupling(
         x_data, x_source, jax.random.key(0), cond=labels, epsilon=0.1
     )
-    for point, label in zip(np.asarray(paired_data), np.asarray(cond)):
+    for point, label in zip(np.asarray(paired_data), np.asarray(cond), strict=True):
         index = int(np.argmin(np.sum((np.asarray(x_data) - point) ** 2, -1)))
         assert labels[index] == label
 
