@@ -38,7 +38,10 @@ class IndependentGaussianVelocity:
 
     With ``m_s = 0, s_s = 1`` and torchcfm's time ``tau = 1 - t`` this is REFERENCES 4.2's
     ``v = m + (tau s^2 - (1 - tau)) / ((1 - tau)^2 + tau^2 s^2) (x - tau m)`` (up to the sign of
-    the time). :meth:`marginal_log_prob` is the exact ``log p_t``.
+    the time). A ``noise_schedule`` (:mod:`diffusion_jax.flows.paths`) adds ``gamma(t) z`` to
+    the path: ``gamma^2`` joins the variance and ``gamma gamma'`` the covariance.
+    :meth:`marginal_log_prob` and :meth:`marginal_score` are the exact ``log p_t`` and its
+    gradient.
     """
 
     mean_data: Any
@@ -46,6 +49,7 @@ class IndependentGaussianVelocity:
     mean_source: Any = 0.0
     std_source: Any = 1.0
     process: Process = dataclasses.field(default_factory=RectifiedFlow)
+    noise_schedule: Any = None
 
     def _moments(self, t, x):
         a, s = self.process.alpha(t), self.process.sigma(t)
@@ -54,6 +58,10 @@ class IndependentGaussianVelocity:
         mean = a * self.mean_data + s * self.mean_source
         var = a**2 * self.std_data**2 + s**2 * self.std_source**2
         cov = a * da * self.std_data**2 + s * ds * self.std_source**2
+        if self.noise_schedule is not None:
+            gamma = _broadcast_like(self.noise_schedule.gamma(t), x)
+            var = var + gamma**2
+            cov = cov + gamma * _broadcast_like(self.noise_schedule.d_gamma(t), x)
         return mean, var, cov, da * self.mean_data + ds * self.mean_source
 
     def __call__(self, x, t, cond=None):
@@ -67,10 +75,15 @@ class IndependentGaussianVelocity:
         terms = -0.5 * ((x - mean) ** 2 / var + jnp.log(2 * jnp.pi * var))
         return jnp.sum(jnp.reshape(terms, (x.shape[0], -1)), axis=-1)
 
+    def marginal_score(self, x, t, cond=None):
+        """``grad log p_t(x) = -(x - E x_t) / Var x_t``."""
+        mean, var, _, _ = self._moments(t, x)
+        return -(x - mean) / var
+
 
 jax.tree_util.register_dataclass(
     IndependentGaussianVelocity,
-    data_fields=["mean_data", "std_data", "mean_source", "std_source", "process"],
+    data_fields=["mean_data", "std_data", "mean_source", "std_source", "process", "noise_schedule"],
     meta_fields=[],
 )
 

@@ -35,6 +35,7 @@ __all__ = [
     "BrownianBridgeNoise",
     "QuadraticNoise",
     "interpolate",
+    "check_noise_schedule",
     "interpolant_loss",
     "sde_sample",
 ]
@@ -103,6 +104,19 @@ def interpolate(x_data, x_source, t, *, process: Process, noise_schedule=None, z
     return x_t, u_t
 
 
+def check_noise_schedule(noise_schedule, process):
+    """Raise ``ValueError`` if a noise schedule's ``t_max`` differs from the process's."""
+    if noise_schedule is None:
+        return
+    try:
+        mismatch = float(noise_schedule.t_max) != float(process.t_max)
+    except (TypeError, jax.errors.ConcretizationTypeError):  # traced: cannot check
+        return
+    if mismatch:
+        raise ValueError(f"noise schedule t_max={float(noise_schedule.t_max)} differs from the "
+                         f"process's t_max={float(process.t_max)}")
+
+
 def _mean_over_data(squared):
     return jnp.mean(jnp.reshape(squared, (squared.shape[0], -1)), axis=-1)
 
@@ -130,6 +144,7 @@ def interpolant_loss(
         )
     if score_model is not None and noise_schedule is None:
         raise ValueError("the SF2M score term needs a path with noise (noise_schedule)")
+    check_noise_schedule(noise_schedule, process)
     time_key, noise_key = jax.random.split(key)
     t_max = process.t_max
     t = jax.random.uniform(
