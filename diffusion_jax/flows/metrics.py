@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
+import scipy.spatial
 
 from diffusion_jax.flows import ode
-from diffusion_jax.flows.couplings import squared_distances
 
 __all__ = [
     "coupling_cost",
@@ -76,7 +76,7 @@ def wasserstein2_exact(x, y):
                          f"and {y.shape}")
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         raise ValueError("exact W2: the sample sets contain NaN or inf")
-    cost = np.asarray(squared_distances(jnp.asarray(x), jnp.asarray(y)), np.float64)
+    cost = scipy.spatial.distance.cdist(x.reshape(len(x), -1), y.reshape(len(y), -1), "sqeuclidean")
     rows, cols = scipy.optimize.linear_sum_assignment(cost)
     return float(np.sqrt(np.mean(cost[rows, cols])))
 
