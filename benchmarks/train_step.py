@@ -8,7 +8,7 @@ ratio full/bare is the whole training machinery's overhead (target: within 5 %);
 AdamW + EMA) isolates the diffusion part (noise levels, noise, preconditioning, weighting). Timings interleave the two so that load changes hit both alike; the median
 of ``--repeats`` rounds is reported.
 
-``python benchmarks/train_step.py [--quick]`` prints a table and writes
+``python benchmarks/train_step.py [--quick] [--cases "digits 8x8x1"]`` prints a table and writes
 ``benchmarks/results/train_step.json``.
 """
 
@@ -159,6 +159,8 @@ def main():
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="3 iterations x 2 repeats")
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES),
+                        help="which cases to time (default: all)")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
                                                          "train_step.json"))
     args = parser.parse_args()
@@ -181,6 +183,8 @@ def main():
     print(header)
     print("|" + "---|" * 10)
     for name, case in CASES.items():
+        if name not in args.cases:
+            continue
         row = time_case(name, case, iterations=iterations, repeats=repeats)
         results["cases"].append(row)
         print(f"| {name} | {row['batch_size']} | {row['params']:,} | {row['steps_per_s']:.2f} | "

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from diffusion_jax.processes import Process, check_sigma
 
-__all__ = ["GaussianMixture", "gaussian_flow_map"]
+__all__ = ["GaussianMixture", "gaussian_flow_map", "toy_gaussian_mixture"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,3 +213,15 @@ def gaussian_flow_map(gaussian: GaussianMixture, x, sigma_from, sigma_to):
         return mean + ratio * centred
     basis = gaussian.eigenvectors[0]
     return mean + ((centred @ basis) * ratio) @ basis.T
+
+
+def toy_gaussian_mixture(dtype=jnp.float32):
+    """The exact mixture behind ``data.sample_toy("gaussian_mixture")``: means
+    ``(-1.5, -0.5), (1.5, -0.5), (0, 1.25)``, weights ``0.3, 0.3, 0.4``, covariances
+    ``[[0.3, 0.15], [0.15, 0.2]]``, ``[[0.2, -0.1], [-0.1, 0.3]]`` and ``0.1 I``."""
+    from diffusion_jax.data import toy
+
+    return GaussianMixture.create(
+        jnp.asarray(toy.TOY_MIXTURE_MEANS, dtype), jnp.asarray(toy.TOY_MIXTURE_COVARIANCES, dtype),
+        jnp.asarray(toy.TOY_MIXTURE_WEIGHTS, dtype),
+    )

@@ -9,6 +9,7 @@ processes after ``jax.distributed.initialize()``: each process feeds its own row
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -98,35 +99,88 @@ def _is_key(leaf) -> bool:
     return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
-def _place_leaf(leaf, sharding):
+def _place_leaf(path, leaf, sharding):
     if _is_key(leaf):
-        data = _place_leaf(jax.random.key_data(leaf), sharding)
+        data = _place_leaf(path, jax.random.key_data(leaf), sharding)
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
     host = np.asarray(leaf)
+    if host.dtype == object:
+        raise ValueError(
+            f"leaf {jax.tree_util.keystr(path)} is a {type(leaf).__name__}, not an array; a plain "
+            "function or module holding one must be split first (diffusion_jax.callables.split)"
+        )
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def place_state(state, shardings):
     """Put a host-identical pytree onto its global ``shardings`` (works across processes: every
-    process provides the same full value, as for a freshly initialised or restored state)."""
-    return jax.tree.map(_place_leaf, state, shardings)
+    process provides the same full value, as for a freshly initialised or restored state, or a
+    frozen teacher placed on ``state_shardings(teacher, mesh)``)."""
+    return jax.tree_util.tree_map_with_path(_place_leaf, state, shardings)
+
+
+def _batch_axis(sharding: NamedSharding) -> int | None:
+    """The first array axis that ``sharding`` splits (``None`` when it splits none)."""
+    return next((axis for axis, names in enumerate(sharding.spec) if names is not None), None)
+
+
+def _shards_along(sharding: NamedSharding, axis: int) -> int:
+    names = sharding.spec[axis]
+    names = names if isinstance(names, tuple) else (names,)
+    return math.prod(sharding.mesh.shape[name] for name in names)
 
 
 def shard_batch(local_batch, sharding: NamedSharding):
     """Global ``jax.Array``s from each process's rows of the batch (JAX
-    ``make_array_from_process_local_data``); the global batch is the processes' rows in order."""
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
-    )
+    ``make_array_from_process_local_data``); the global batch is the processes' rows in order.
+
+    ``sharding`` is :func:`batch_sharding` (axis 0, or axis 1 of a multi-step stack) or any
+    ``NamedSharding``; its spec is cut to each entry's rank, so images and labels share one. The
+    global batch must split evenly over the devices of the batch axis.
+    """
+    if not isinstance(sharding, NamedSharding):
+        raise ValueError(f"sharding must be a jax.sharding.NamedSharding; got {type(sharding)}")
+    axis = _batch_axis(sharding)
+
+    def place(path, value):
+        value = np.asarray(value)
+        name = jax.tree_util.keystr(path)
+        if axis is not None:
+            if value.ndim <= axis:
+                raise ValueError(
+                    f"batch entry {name} has shape {value.shape}; the sharding splits its axis "
+                    f"{axis}, so it needs at least {axis + 1} axes"
+                )
+            global_size = value.shape[axis] * jax.process_count()
+            shards = _shards_along(sharding, axis)
+            if global_size % shards:
+                raise ValueError(
+                    f"global batch size {global_size} (entry {name}) is not divisible by the "
+                    f"{shards} devices on the batch axis {sharding.spec[axis]!r}"
+                )
+        entry = NamedSharding(sharding.mesh, PartitionSpec(*tuple(sharding.spec)[: value.ndim]))
+        return jax.make_array_from_process_local_data(entry, value)
+
+    return jax.tree_util.tree_map_with_path(place, local_batch)
 
 
-def compile_train_step(step: Callable, state_sharding, data_sharding: NamedSharding):
+def compile_train_step(
+    step: Callable, state_sharding, data_sharding: NamedSharding, *, frozen_sharding=None
+):
     """``jax.jit`` of ``step(state, batch)`` with the state donated and kept on its shardings and
-    the batch split over ``data``; metrics come back replicated."""
+    the batch split over ``data``; metrics come back replicated.
+
+    With ``frozen_sharding`` (a sharding or pytree of them for the frozen pytree, e.g.
+    ``replicated(mesh)``) the compiled function is ``step(state, batch, frozen)``: the frozen
+    networks (a distillation teacher) are an argument of every call, never donated or returned.
+    """
     metrics_sharding = NamedSharding(data_sharding.mesh, PartitionSpec())
+    in_shardings = (state_sharding, data_sharding)
+    if frozen_sharding is not None:
+        in_shardings += (frozen_sharding,)
     return jax.jit(
         step,
-        in_shardings=(state_sharding, data_sharding),
+        in_shardings=in_shardings,
         out_shardings=(state_sharding, metrics_sharding),
         donate_argnums=0,
     )

@@ -11,6 +11,18 @@ The network is a Flax NNX module, split once into a static graph definition and 
 trainable ``nnx.Param`` leaves (``state.params``, optimised and averaged), other variables such as
 fixed Fourier frequencies (``state.buffers``, carried unchanged), and RNG streams (dropout; reseeded
 from the step key inside the step, never carried).
+
+For the families beyond plain denoising (consistency training, distillation, latent models):
+
+- **Several trained networks**: give :func:`create_train_state` a mapping ``{name: module}``; the
+  parts, ``state.params``, ``state.buffers`` and every ``state.ema[ema_name]`` are then dicts by
+  network name, one optimizer updates them all (``optax.multi_transform`` with labels
+  ``{name: name}`` gives each its own), and the loss receives ``{name: module}``.
+- **EMA and frozen networks in the loss**: with ``make_train_step(..., with_context=True)`` the loss
+  is ``loss_fn(network, batch, key, context)`` and reads a :class:`LossContext`: the EMA networks,
+  the online network under ``stop_gradient`` and a frozen pytree (a teacher) passed to the step as
+  ``step(state, batch, frozen)``, which is never differentiated, never updated, never part of the
+  state (so neither optimised nor checkpointed).
 """
 
 from __future__ import annotations
@@ -26,6 +38,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from diffusion_jax.networks.wrappers import reseed_rng_streams
+
 __all__ = [
     "TrainState",
     "NetworkParts",
@@ -39,9 +53,9 @@ __all__ = [
     "ema_update",
     "create_train_state",
     "CastNetwork",
+    "LossContext",
     "make_loss_and_grad",
     "make_train_step",
-    "global_norm",
     "stack_batches",
 ]
 
@@ -53,9 +67,11 @@ __all__ = [
 class TrainState:
     """Everything a training run carries from step to step (a pytree; all fields are leaves).
 
-    ``step``: int32 scalar. ``params``: trainable ``nnx.Param`` state. ``buffers``: the network's
-    other non-RNG variables (not trained). ``opt_state``: optax state. ``ema``: dict name -> params
-    averaged with that name's decay. ``key``: typed base key; step ``k`` uses ``fold_in(key, k)``.
+    ``step``: int32 scalar. ``params``: trainable ``nnx.Param`` state (a dict by network name when
+    several networks are trained). ``buffers``: the networks' other non-RNG variables (not
+    trained; same layout). ``opt_state``: optax state. ``ema``: dict name -> params averaged with
+    that name's decay (the layout of ``params``: one average per trained network). ``key``: typed
+    base key; step ``k`` uses ``fold_in(key, k)``. A frozen teacher is not part of the state.
     """
 
     step: jax.Array
@@ -88,40 +104,60 @@ class NetworkParts:
     buffers: Any
 
 
-def split_network(network: nnx.Module) -> NetworkParts:
-    """Split an NNX module into :class:`NetworkParts` (Flax NNX ``nnx.split``)."""
+def split_network(network):
+    """Split an NNX module into :class:`NetworkParts` (Flax NNX ``nnx.split``); a mapping
+    ``{name: module}`` gives ``{name: NetworkParts}`` (names in sorted order)."""
+    if isinstance(network, Mapping):
+        if not network or not all(isinstance(name, str) for name in network):
+            raise ValueError(f"networks must be a non-empty mapping name -> module; got {network!r}")
+        return {name: split_network(network[name]) for name in sorted(network)}
+    if not isinstance(network, nnx.Module):
+        raise ValueError(f"network must be a Flax NNX module; got {type(network).__name__}")
     graphdef, params, rng_state, buffers = nnx.split(network, nnx.Param, nnx.RngState, ...)
     return NetworkParts(graphdef, params, rng_state, buffers)
 
 
-def merge_network(parts: NetworkParts, params=None, buffers=None, *, train=False, key=None):
+def _per_network(fn, parts, *trees):
+    """``fn(parts, *trees)`` for one network, or ``{name: fn(parts[name], *trees[name])}``."""
+    if isinstance(parts, NetworkParts):
+        return fn(parts, *trees)
+    return {name: fn(part, *(tree[name] for tree in trees)) for name, part in parts.items()}
+
+
+def _network_keys(parts, key):
+    """The dropout key of each network: ``key`` itself for one, ``fold_in(key, i)`` for the
+    ``i``-th of several."""
+    if isinstance(parts, NetworkParts):
+        return key
+    return {
+        name: None if key is None else jax.random.fold_in(key, i) for i, name in enumerate(parts)
+    }
+
+
+def merge_network(parts, params=None, buffers=None, *, train=False, key=None):
     """Rebuild the module from its parts (Flax NNX ``nnx.merge``), optionally with other params.
 
     ``train=True`` puts it in training mode (dropout active) with every RNG stream reseeded from
-    ``key``; otherwise it is in evaluation mode (deterministic).
+    ``key`` (:func:`diffusion_jax.networks.wrappers.reseed_rng_streams`); otherwise it is in
+    evaluation mode (deterministic). For parts of several networks (a dict by name) ``params`` and
+    ``buffers`` are dicts too and the result is ``{name: module}``.
     """
-    params = parts.params if params is None else params
-    buffers = parts.buffers if buffers is None else buffers
+    params = _per_network(lambda part: part.params, parts) if params is None else params
+    buffers = _per_network(lambda part: part.buffers, parts) if buffers is None else buffers
+    return _per_network(
+        lambda part, p, b, k: _merge_one(part, p, b, train=train, key=k),
+        parts, params, buffers, _network_keys(parts, key),
+    )
+
+
+def _merge_one(parts: NetworkParts, params, buffers, *, train, key):
     network = nnx.merge(parts.graphdef, params, parts.rng_state, buffers, copy=True)
     if train:
         network.train()
-        streams = _rng_stream_names(network)
-        if streams:
-            if key is None:
-                raise ValueError("a key is needed to reseed the network's RNG streams for training")
-            nnx.reseed(
-                network,
-                **{name: jax.random.fold_in(key, i) for i, name in enumerate(streams)},
-            )
+        reseed_rng_streams(network, key)
     else:
         network.eval()
     return network
-
-
-def _rng_stream_names(network) -> tuple[str, ...]:
-    return tuple(
-        sorted({node.tag for _, node in nnx.iter_graph(network) if isinstance(node, nnx.RngStream)})
-    )
 
 
 # -- optimiser --------------------------------------------------------------------------------
@@ -221,23 +257,29 @@ def ema_power(gamma: float) -> Callable:
 
 
 def ema_update(ema_params, params, decay):
-    """``ema <- beta ema + (1 - beta) params`` leaf by leaf (Polyak averaging)."""
-    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+    """``ema <- beta ema + (1 - beta) params`` leaf by leaf (Polyak averaging), through optax's
+    ``incremental_update(a, b, s) = s a + (1 - s) b`` with ``a = ema``, ``s = beta``: this operand
+    order is the formula's, so jitted runs keep their bits (``optax.tree.update_moment`` and
+    ``incremental_update(params, ema, 1 - beta)`` order the products the other way, which XLA
+    fuses into different multiply-adds: up to 1 ulp apart under ``jit``)."""
+    return optax.incremental_update(ema_params, params, decay)
 
 
-def create_train_state(network: nnx.Module, optimizer, *, key, ema_names=()):
+def create_train_state(network, optimizer, *, key, ema_names=()):
     """Initial :class:`TrainState` and :class:`NetworkParts` of ``network`` (EMAs start at params).
 
+    ``network`` is an NNX module, or a mapping ``{name: module}`` of networks trained together
+    (the parts and the state's ``params``, ``buffers`` and each EMA are then dicts by name).
     ``key`` must be a typed key (``jax.random.key``).
     """
     if not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
         raise ValueError("key must be a typed key from jax.random.key(seed)")
     parts = split_network(network)
-    params = parts.params
+    params = _per_network(lambda part: part.params, parts)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        buffers=parts.buffers,
+        buffers=_per_network(lambda part: part.buffers, parts),
         opt_state=optimizer.init(params),
         ema={name: jax.tree.map(jnp.copy, params) for name in ema_names},
         key=key,
@@ -264,28 +306,67 @@ class CastNetwork:
 jax.tree_util.register_dataclass(CastNetwork, data_fields=["network"], meta_fields=["dtype"])
 
 
-def _cast_floats(tree, dtype):
-    return jax.tree.map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
-    )
+@dataclasses.dataclass(frozen=True)
+class LossContext:
+    """What a loss ``loss_fn(network, batch, key, context)`` reads beside its own network
+    (``make_train_step(..., with_context=True)``). None of it is differentiated or updated.
 
-
-def make_loss_and_grad(parts: NetworkParts, loss_fn: Callable, *, compute_dtype=None):
-    """``fn(params, buffers, batch, key) -> (mean loss, grads)`` for a per-example
-    ``loss_fn(network, batch, key)`` (the gradient of the minibatch mean; Robbins & Monro 1951).
-
-    With ``compute_dtype`` the network runs in that dtype via :class:`CastNetwork` while the
-    gradient is taken with respect to the float32 params.
+    ``step``: the step being taken (int32 scalar; for curricula such as consistency training's
+    discretisation schedule). ``ema``: dict EMA name -> network(s) with that EMA's parameters (the
+    kind of the loss's first argument: a module, or ``{name: module}``). ``detached``: the online
+    network(s) with ``stop_gradient`` parameters, the target ``theta^- = sg(theta)`` of improved
+    consistency training (Song & Dhariwal 2023, Sec. 3.2). Both run in training mode with the same
+    dropout key as the online network, so dropout masks agree between student and target (as
+    openai/consistency_models restores the RNG state before its target network; call
+    ``.eval()`` on one for a deterministic target). ``frozen``: the pytree passed to the step as
+    ``step(state, batch, frozen)`` (e.g. a distillation teacher), unchanged.
     """
 
-    def mean_loss(params, buffers, batch, key):
+    step: Any
+    ema: dict
+    detached: Any
+    frozen: Any
+
+
+def make_loss_and_grad(parts, loss_fn: Callable, *, compute_dtype=None, with_context=False):
+    """``fn(params, buffers, batch, key, *, ema=None, frozen=None, step=None) -> (mean loss,
+    grads)`` for a per-example ``loss_fn(network, batch, key)`` (the gradient of the minibatch mean
+    with respect to ``params`` only; Robbins & Monro 1951).
+
+    With ``with_context`` the loss is ``loss_fn(network, batch, key, context)`` with a
+    :class:`LossContext` built from ``ema`` (dict name -> params), ``frozen`` and ``step``. With
+    ``compute_dtype`` the networks run in that dtype via :class:`CastNetwork` while the gradient is
+    taken with respect to the float32 params (``frozen`` is passed as given).
+    """
+
+    def build(params, buffers, key):
+        if compute_dtype is not None:
+            params = optax.tree.cast(params, compute_dtype)
+        network = merge_network(parts, params, buffers, train=True, key=key)
+        if compute_dtype is None:
+            return network
+        if isinstance(parts, NetworkParts):
+            return CastNetwork(network, compute_dtype)
+        return {name: CastNetwork(net, compute_dtype) for name, net in network.items()}
+
+    def mean_loss(params, buffers, batch, key, *, ema=None, frozen=None, step=None):
         network_key, loss_key = jax.random.split(key)
-        if compute_dtype is not None:
-            params = _cast_floats(params, compute_dtype)
-        network = merge_network(parts, params, buffers, train=True, key=network_key)
-        if compute_dtype is not None:
-            network = CastNetwork(network, compute_dtype)
-        losses = loss_fn(network, batch, loss_key)
+        network = build(params, buffers, network_key)
+        if with_context:
+            context = LossContext(
+                step=step,
+                ema={name: build(e, buffers, network_key) for name, e in (ema or {}).items()},
+                detached=build(jax.lax.stop_gradient(params), buffers, network_key),
+                frozen=frozen,
+            )
+            losses = loss_fn(network, batch, loss_key, context)
+        elif frozen is not None or ema is not None:
+            raise ValueError(
+                "an EMA or frozen pytree reaches the loss only with with_context=True "
+                "(loss_fn(network, batch, key, context))"
+            )
+        else:
+            losses = loss_fn(network, batch, loss_key)
         if losses.ndim != 1:
             raise ValueError(f"loss_fn must return per-example losses (batch,); got {losses.shape}")
         return jnp.mean(losses.astype(jnp.float32))
@@ -294,7 +375,7 @@ def make_loss_and_grad(parts: NetworkParts, loss_fn: Callable, *, compute_dtype=
 
 
 def make_train_step(
-    parts: NetworkParts,
+    parts,
     loss_fn: Callable,
     optimizer,
     *,
@@ -302,23 +383,35 @@ def make_train_step(
     learning_rate=None,
     compute_dtype=None,
     steps_per_call: int = 1,
+    with_context: bool = False,
 ):
-    """Pure ``step(state, batch) -> (state, metrics)``: one optimiser update on the minibatch
-    mean of ``loss_fn`` and an EMA update per entry of ``ema_decays`` (name -> decay(step)).
+    """Pure ``step(state, batch, frozen=None) -> (state, metrics)``: one optimiser update on the
+    minibatch mean of ``loss_fn`` and an EMA update per entry of ``ema_decays`` (name ->
+    decay(step)) of every trained network.
 
-    With ``steps_per_call > 1`` the batch carries a leading axis of that length (see
-    :func:`stack_batches`) and the steps run in a ``lax.scan`` in one dispatch (score_sde's
-    ``n_jitted_steps``); metrics then have that leading axis. ``learning_rate`` (a schedule) only
-    adds the current rate to the metrics. Metrics: ``loss``, ``grad_norm``, ``learning_rate``.
+    ``parts`` are those of :func:`create_train_state` (one network, or a dict by name). With
+    ``with_context`` the loss is ``loss_fn(network, batch, key, context)`` reading a
+    :class:`LossContext` (EMA networks, the stop-gradient online network, and ``frozen``: any
+    pytree of arrays, such as a teacher module, passed to every call and never differentiated,
+    updated or stored in the state). With ``steps_per_call > 1`` the batch carries a leading axis
+    of that length (see :func:`stack_batches`) and the steps run in a ``lax.scan`` in one dispatch
+    (score_sde's ``n_jitted_steps``); metrics then have that leading axis. ``learning_rate`` (a
+    schedule) only adds the current rate to the metrics. Metrics: ``loss``, ``grad_norm``,
+    ``learning_rate``.
     """
     ema_decays = dict(ema_decays or {})
     if steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1; got {steps_per_call}")
-    loss_and_grad = make_loss_and_grad(parts, loss_fn, compute_dtype=compute_dtype)
+    loss_and_grad = make_loss_and_grad(
+        parts, loss_fn, compute_dtype=compute_dtype, with_context=with_context
+    )
 
-    def single_step(state: TrainState, batch):
+    def single_step(state: TrainState, batch, frozen=None):
         key = jax.random.fold_in(state.key, state.step)
-        loss, grads = loss_and_grad(state.params, state.buffers, batch, key)
+        context = {"ema": state.ema, "step": state.step} if with_context else {}
+        loss, grads = loss_and_grad(
+            state.params, state.buffers, batch, key, frozen=frozen, **context
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if set(state.ema) != set(ema_decays):
@@ -329,7 +422,7 @@ def make_train_step(
             name: ema_update(state.ema[name], params, decay(state.step))
             for name, decay in ema_decays.items()
         }
-        metrics = {"loss": loss, "grad_norm": global_norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         if learning_rate is not None:
             metrics["learning_rate"] = jnp.asarray(learning_rate(state.step), jnp.float32)
         new_state = state.replace(
@@ -340,15 +433,13 @@ def make_train_step(
     if steps_per_call == 1:
         return single_step
 
-    def multi_step(state: TrainState, batches):
-        return jax.lax.scan(single_step, state, batches, length=steps_per_call)
+    def multi_step(state: TrainState, batches, frozen=None):
+        return jax.lax.scan(
+            lambda carry, batch: single_step(carry, batch, frozen), state, batches,
+            length=steps_per_call,
+        )
 
     return multi_step
-
-
-def global_norm(tree):
-    """``sqrt(sum of squares)`` over all leaves (the norm clipped by Pascanu et al. 2013)."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def stack_batches(batches):

@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 
 from diffusion_jax.data.images import load_digits
+from diffusion_jax.data.pixels import uint8_to_model_range
 from diffusion_jax.metrics.digits_classifier import (
     DEFAULT_WEIGHTS,
     DigitsClassifier,
@@ -52,7 +53,7 @@ def main():
     start = time.time()
     train_images, train_labels = load_digits("train")
     test_images, test_labels = load_digits("test")
-    train_x = jnp.asarray(train_images, jnp.float32) / 127.5 - 1.0
+    train_x = uint8_to_model_range(train_images)
     train_y = jnp.asarray(train_labels)
     model = DigitsClassifier(rngs=nnx.Rngs(args.seed))
     graphdef, params = nnx.split(model)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffusion_jax.analytic import toy_gaussian_mixture
 from diffusion_jax.data import (
     EIGHT_GAUSSIANS_RADIUS,
     EIGHT_GAUSSIANS_STD,
@@ -27,7 +28,6 @@ from diffusion_jax.data import (
     scatter_png,
     to_model_range,
     to_uint8,
-    toy_gaussian_mixture,
 )
 
 # -- toy sets ------------------------------------------------------------------------------------
@@ -314,6 +314,48 @@ def test_missing_tfds_dataset_says_how_to_prepare_it(tmp_path):
     assert str(tmp_path) in str(info.value)
     with pytest.raises(ValueError, match="unknown TFDS dataset"):
         load_tfds("no_such_dataset_xyz", "train", data_dir=str(tmp_path))
+
+
+def test_load_tfds_rejects_empty_data_dir_and_builtin_names_before_touching_tfds(monkeypatch):
+    """Without tensorflow_datasets importable at all: the errors come before any TFDS call."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    for data_dir in ("", None):
+        with pytest.raises(ValueError, match="needs data_dir.*--config.data.data_dir=DIR"):
+            load_tfds("mnist", "train", data_dir=data_dir)
+    with pytest.raises(ValueError, match="'two_moons' is a built-in dataset.*sample_toy"):
+        load_tfds("two_moons", "train", data_dir="/data")
+    with pytest.raises(ValueError, match="load_digits"):
+        load_tfds("digits", "train", data_dir="")
+    # A near miss of a toy name is not sent to TFDS as a dataset name.
+    with pytest.raises(ValueError, match="did you mean the built-in 'two_moons'"):
+        load_tfds("two_moon", "train", data_dir="")
+    with pytest.raises(ValueError, match="did you mean 'checkerboard'"):
+        sample_toy("checker_board", jax.random.key(0), 4)
+
+
+def test_pixel_conventions_are_consistent():
+    """uint8 -> model range -> uint8 is exact, the [0, 1] conversions invert each other, and the
+    bits/dim offset is score_sde's +7 for 8-bit data in [-1, 1] (+8 in [0, 1])."""
+    from diffusion_jax import data
+
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    model = data.uint8_to_model_range(pixels)
+    assert model.dtype == jnp.float32 and float(model.min()) == -1.0 and float(model.max()) == 1.0
+    np.testing.assert_array_equal(data.to_uint8(model), pixels)
+    np.testing.assert_allclose(data.to_model_range(data.uint8_to_unit_range(pixels)), model,
+                               atol=1e-6)
+    np.testing.assert_allclose(data.to_unit_range(data.to_model_range(0.3)), 0.3)
+    assert data.bits_per_dim_offset() == 7.0
+    assert data.bits_per_dim_offset(8, (0.0, 1.0)) == 8.0
+    assert data.bits_per_dim_offset(5, (0.0, 4.0)) == 3.0
+    key = jax.random.key(3)
+    shifted = data.dequantize_to_range(pixels, key, data_range=(-1.0, 1.0))
+    np.testing.assert_allclose(shifted, data.to_model_range(data.dequantize(pixels, key)),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="increasing"):
+        data.bits_per_dim_offset(8, (1.0, 1.0))
 
 
 # -- PNGs -------------------------------------------------------------------------------------

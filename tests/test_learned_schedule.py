@@ -96,3 +96,16 @@ def test_vlb_depends_only_on_the_end_points(x64, seed):
     exact = 0.5 * (antiderivative(5.0) - antiderivative(-13.3))
     assert standard_error < 0.01 * exact
     assert abs(estimate - exact) < 4 * standard_error + 1e-4 * exact
+
+
+def test_learned_process_float32_round_trip_over_its_range():
+    """LearnedVP's VE-frame range is [exp(gamma_min / 2), exp(gamma_max / 2)] = [1.3e-3, 12.2]
+    for VDM's end points; across it sigma -> t -> sigma holds to ~1e-6 in float32 (the
+    bisection + Newton inverse has no cancelling form to fix, unlike Cosine / VP)."""
+    process = LearnedVP(MonotoneLogSNR.init(jax.random.key(0), hidden=64))
+    low, high = float(process.ve_sigma(0.0)), float(process.ve_sigma(1.0))
+    np.testing.assert_allclose([low, high], np.exp(np.array([-13.3, 5.0]) / 2), rtol=1e-5)
+    sigma = jnp.geomspace(1.01 * low, 0.99 * high, 9, dtype=jnp.float32)
+    t = process.t_of_ve_sigma(sigma)
+    assert t.dtype == jnp.float32 and bool(jnp.all((t > 0) & (t < 1)))
+    np.testing.assert_allclose(process.ve_sigma(t), sigma, rtol=1e-6)

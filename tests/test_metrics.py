@@ -225,16 +225,18 @@ def _torch_layout_weights(model):
             arrays[f"{prefix}.bn.running_mean"] = np.asarray(node.mean[...])
             arrays[f"{prefix}.bn.running_var"] = np.asarray(node.var[...])
     arrays["fc.weight"] = np.asarray(model.fc_kernel[...]).T
-    arrays["fc.bias"] = np.asarray(model.fc_bias[...])
+    # A non-zero bias, as in the real checkpoint: the Inception Score's logits must ignore it.
+    arrays["fc.bias"] = np.linspace(-3.0, 3.0, model.fc_kernel[...].shape[1], dtype=np.float32)
     return arrays
 
 
 def test_inception_reference_architecture_shapes_and_weight_loading(tmp_path):
     model = InceptionV3(rngs=nnx.Rngs(0))
     # torchvision inception_v3 has 27,161,264 parameters; without its auxiliary head (3,326,696)
-    # and with 1008 instead of 1000 logits (+16,392) that is 23,850,960.
+    # and with 1008 instead of 1000 logits (+16,392) that is 23,850,960; the unused final bias
+    # (the Inception Score takes unbiased logits) is not stored: 23,849,952.
     num_params = sum(np.size(leaf) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    assert num_params == 23_850_960
+    assert num_params == 23_849_952
     shapes = {name: value.shape for name, value in
               jax.eval_shape(model.blocks, jnp.zeros((1, 299, 299, 3))).items()}
     assert shapes["stem"] == (1, 35, 35, 192)
@@ -258,10 +260,39 @@ def test_inception_reference_architecture_shapes_and_weight_loading(tmp_path):
     pool3, logits = forward(state, x)
     assert pool3.shape == (1, 2048) and logits.shape == (1, 1008)
     assert bool(jnp.all(jnp.isfinite(logits))) and bool(jnp.all(pool3 >= 0))
-    pool3_loaded, _ = forward(nnx.state(loaded), x)
+    pool3_loaded, logits_loaded = forward(nnx.state(loaded), x)
     np.testing.assert_allclose(pool3_loaded, pool3, rtol=1e-5, atol=1e-6)
+    # Unbiased logits (original IS code, torch-fidelity, torchmetrics): pool3 @ W^T, no fc.bias.
+    weights = np.load(path)
+    np.testing.assert_allclose(logits_loaded, np.asarray(pool3_loaded) @ weights["fc.weight"].T,
+                               rtol=1e-5, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="no download|not found"):
         load_inception(str(tmp_path / "missing.npz"))
+
+
+def _precisions(jaxpr, primitives=("conv_general_dilated", "dot_general")):
+    """``precision`` of every convolution / matmul in a jaxpr and its sub-jaxprs."""
+    found = []
+    for equation in jaxpr.eqns:
+        if equation.primitive.name in primitives:
+            found.append(equation.params["precision"])
+        for value in equation.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None:
+                    found += _precisions(getattr(inner, "jaxpr", inner), primitives)
+    return found
+
+
+def test_inception_features_run_at_highest_precision():
+    """Every convolution and matmul of the feature extractor is pinned to HIGHEST (the backend
+    default may be TF32 / bf16 on GPU and TPU): 94 convolutions + the logits matmul."""
+    model = InceptionV3(rngs=nnx.Rngs(0))
+    images = jnp.zeros((1, 299, 299, 3))
+    precisions = _precisions(jax.make_jaxpr(model)(images).jaxpr)
+    assert len(precisions) == 95
+    highest = jax.lax.Precision.HIGHEST
+    assert all(p is not None and all(q == highest for q in p) for p in precisions), precisions
 
 
 def test_preprocess_uint8_and_model_range_agree():
@@ -285,4 +316,95 @@ def test_inception_features_match_pytorch_reference():
         pytest.skip("weight file has no stored PyTorch reference features")
     pool3, logits = load_inception(path)(jnp.asarray(reference["reference.input"]))
     np.testing.assert_allclose(pool3, reference["reference.pool3"], rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(logits, reference["reference.logits"], rtol=1e-3, atol=1e-2)
+    if "reference.logits_unbiased" in reference.files:
+        expected = reference["reference.logits_unbiased"]
+    else:  # files converted before the unbiased convention stored fc(pool3) with the bias
+        expected = reference["reference.logits"] - reference["fc.bias"]
+    np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-2)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def test_frechet_distance_rejects_non_psd_covariance_but_tolerates_rounding():
+    """A covariance with a negative eigenvalue gave a number; now a ValueError. float32 rounding
+    of a rank-deficient 256-d covariance (eigenvalues ~ -1e-8 relative) is still accepted."""
+    rng = np.random.default_rng(11)
+    features = rng.standard_normal((64, 256))  # 64 samples in 256-d: rank 63
+    covariance = np.cov(features, rowvar=False)
+    rounded = covariance.astype(np.float32).astype(np.float64)
+    assert np.linalg.eigvalsh(rounded).min() < 0  # rounding made it indefinite
+    mean = features.mean(axis=0)
+    assert frechet_distance(mean, rounded, mean, covariance) < 1e-4 * np.trace(covariance)
+    bad = covariance.copy()
+    bad[0, 0] = -1.0
+    with pytest.raises(ValueError, match="cov_2 is not positive semi-definite"):
+        frechet_distance(mean, covariance, mean, bad)
+    with pytest.raises(ValueError, match="cov_1 is not positive semi-definite"):
+        frechet_distance(mean, bad, mean, covariance)
+    with pytest.raises(ValueError, match="not positive semi-definite"):
+        sqrtm_psd(np.diag([1.0, -0.5]))
+
+
+def test_precision_recall_rejects_nan_features():
+    """NaN features gave (0.0, 0.0) (every comparison with NaN is false)."""
+    real = np.random.default_rng(12).standard_normal((20, 3))
+    fake = real.copy()
+    fake[3, 1] = np.nan
+    with pytest.raises(ValueError, match="fake_features contain NaN"):
+        precision_recall(real, fake)
+    with pytest.raises(ValueError, match="real_features contain NaN"):
+        precision_recall(fake, real)
+
+
+def test_load_reference_names_the_expected_keys_for_files_that_are_not_statistics(tmp_path):
+    import pickle
+
+    from diffusion_jax.metrics import load_reference
+
+    pickled = tmp_path / "pickled.npz"
+    pickled.write_bytes(pickle.dumps({"mu": [0.0]}))
+    with pytest.raises(ValueError, match="'mu' \\(d,\\) and 'sigma' \\(d, d\\)"):
+        load_reference(pickled)
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, mu=np.array([{"a": 1}], dtype=object), sigma=np.eye(1))
+    with pytest.raises(ValueError, match="is not a statistics .npz"):
+        load_reference(objects)
+    single = tmp_path / "single.npy"
+    np.save(single, np.zeros(3))
+    with pytest.raises(ValueError, match="single array"):
+        load_reference(single)
+    misshapen = tmp_path / "misshapen.npz"
+    np.savez(misshapen, mu=np.zeros(3), sigma=np.eye(2))
+    with pytest.raises(ValueError, match="do not form"):
+        load_reference(misshapen)
+    missing = tmp_path / "missing_sigma.npz"
+    np.savez(missing, mu=np.zeros(3))
+    with pytest.raises(ValueError, match="no 'sigma'"):
+        load_reference(missing)
+
+
+# -- sliced Wasserstein ---------------------------------------------------------------------------
+
+
+def test_sliced_wasserstein_closed_forms():
+    """Zero for a permutation of the same set; for a shift c of any set SW_1 -> E|c.theta| =
+    2|c|/pi and SW_2 -> |c|/sqrt(2) over unit directions in 2-D; in 1-D it is the exact W_p."""
+    from diffusion_jax.metrics import sliced_wasserstein
+
+    points = np.random.default_rng(13).standard_normal((500, 2))
+    assert sliced_wasserstein(points, points[::-1]) == pytest.approx(0.0, abs=1e-6)
+    shift = np.array([0.6, -0.8])  # |c| = 1
+    w1 = sliced_wasserstein(points, points + shift, num_projections=4096)
+    w2 = sliced_wasserstein(points, points + shift, num_projections=4096, p=2)
+    assert w1 == pytest.approx(2 / np.pi, rel=0.03)
+    assert w2 == pytest.approx(1 / np.sqrt(2), rel=0.03)
+    line_a, line_b = np.array([[0.0], [1.0], [5.0]]), np.array([[4.0], [-1.0], [1.5]])
+    # sorted: (0, 1, 5) vs (-1, 1.5, 4): |1| + |0.5| + |1| over 3.
+    assert sliced_wasserstein(line_a, line_b, num_projections=3) == pytest.approx(2.5 / 3, rel=1e-6)
+    with pytest.raises(ValueError, match="equal shapes"):
+        sliced_wasserstein(points, points[:10])
+    with pytest.raises(ValueError, match="NaN"):
+        sliced_wasserstein(points, np.full_like(points, np.nan))
+    with pytest.raises(ValueError, match="num_projections"):
+        sliced_wasserstein(points, points, num_projections=0)

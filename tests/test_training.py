@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 from _multihost_worker import batches, tiny_problem
+from _train_families import points, small_network
 from flax import nnx
 
 from diffusion_jax import training
@@ -48,6 +49,79 @@ def test_ema_update_is_geometric():
     for _ in range(5):
         ema = training.ema_update(ema, params, 0.8)
     np.testing.assert_allclose(ema["w"], 2.0 * (1 - 0.8**5), rtol=1e-6)
+
+
+def _polyak(ema, params, decay):
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def _reference_run(network, loss_fn, optimizer, ema_decays, data, key):
+    """The train step from first principles (Flax ``nnx.split``/``merge``, ``jax.value_and_grad``
+    of the minibatch mean, optax's update, Polyak's ``beta e + (1 - beta) p``), jitted; returns
+    ``(params, ema, losses, grad_norms)`` after ``data``."""
+    graphdef, params, rng_state, rest = nnx.split(network, nnx.Param, nnx.RngState, ...)
+    dropout = any(isinstance(node, nnx.RngStream) for _, node in nnx.iter_graph(network))
+
+    @jax.jit
+    def step(params, opt_state, ema, batch, i):
+        network_key, loss_key = jax.random.split(jax.random.fold_in(key, i))
+
+        def mean_loss(p):
+            net = nnx.merge(graphdef, p, rng_state, rest, copy=True)
+            net.train()
+            if dropout:  # the one stream, "dropout", gets fold_in(network_key, 0)
+                nnx.reseed(net, dropout=jax.random.fold_in(network_key, 0))
+            return jnp.mean(loss_fn(net, batch, loss_key))
+
+        loss, grads = jax.value_and_grad(mean_loss)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        ema = {name: _polyak(ema[name], params, decay(i)) for name, decay in ema_decays.items()}
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+        return params, opt_state, ema, loss, norm
+
+    opt_state, ema = optimizer.init(params), {name: params for name in ema_decays}
+    losses, norms = [], []
+    for i, batch in enumerate(data):
+        params, opt_state, ema, loss, norm = step(params, opt_state, ema, batch, jnp.int32(i))
+        losses.append(loss)
+        norms.append(norm)
+    return params, ema, losses, norms
+
+
+def _dropout_problem():
+    network = small_network(4, dropout=0.5)
+
+    def loss_fn(net, batch, key):
+        return jnp.sum((net(batch["x"]) - 0.5 * batch["x"]) ** 2, axis=-1)
+
+    optimizer, _ = training.make_optimizer(learning_rate=1e-2, warmup_steps=2)
+    return network, loss_fn, optimizer, {"power": training.ema_power(6.94)}, points(3)
+
+
+def _default_job_problem():
+    network, loss_fn, optimizer, _, ema = tiny_problem()
+    ema["default"] = training.ema_half_life(10000.0, 16, 0.05)  # the default job's EMA
+    return network, loss_fn, optimizer, ema, batches(num_steps=4)
+
+
+@pytest.mark.parametrize("problem", [_default_job_problem, _dropout_problem])
+def test_single_network_step_is_bit_exact_with_first_principles(problem):
+    """The existing recipes' numbers: every bit of params, EMAs, loss and grad norm."""
+    network, loss_fn, optimizer, ema, data = problem()
+    key = jax.random.key(11)
+    params, ema_params, losses, norms = _reference_run(network, loss_fn, optimizer, ema, data, key)
+    state, parts = training.create_train_state(network, optimizer, key=key, ema_names=tuple(ema))
+    step = jax.jit(training.make_train_step(parts, loss_fn, optimizer, ema_decays=ema))
+    for batch, loss, norm in zip(data, losses, norms, strict=True):
+        state, metrics = step(state, batch)
+        np.testing.assert_array_equal(metrics["loss"], loss)
+        np.testing.assert_array_equal(metrics["grad_norm"], norm)
+    for a, b in zip(_leaves(state.params), _leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(_leaves(state.ema), _leaves(ema_params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert float(jnp.max(jnp.abs(losses[-1] - losses[0]))) > 0  # it trained
 
 
 def test_learning_rate_warmup_and_cosine():

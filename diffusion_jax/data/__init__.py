@@ -1,17 +1,26 @@
 """Data for diffusion_jax, all offline: 2-D toy sets, scikit-learn's 8x8 digits, locally prepared
-TFDS image sets, explicit dequantisation/scaling, per-process batches -> global ``jax.Array`` s,
-and PNG writers. See ``docs/data_networks.md``.
+TFDS image sets, the pixel conventions (:mod:`~diffusion_jax.data.pixels`: dequantisation,
+model range, uint8, bits/dim offset), per-process batches -> global ``jax.Array`` s, and PNG
+writers. See ``docs/data_networks.md``.
 """
 
 from diffusion_jax.data.batches import ImageBatches, make_batch_iterator, to_global_batch
 from diffusion_jax.data.images import (
     DIGITS_NUM_CLASSES,
     center_crop_resize,
-    dequantize,
     load_digits,
     load_tfds,
+)
+from diffusion_jax.data.pixels import (
+    MODEL_RANGE,
+    bits_per_dim_offset,
+    dequantize,
+    dequantize_to_range,
     to_model_range,
     to_uint8,
+    to_unit_range,
+    uint8_to_model_range,
+    uint8_to_unit_range,
 )
 from diffusion_jax.data.png import image_grid, save_image_grid, scatter_image, scatter_png
 from diffusion_jax.data.toy import (
@@ -19,7 +28,6 @@ from diffusion_jax.data.toy import (
     EIGHT_GAUSSIANS_STD,
     TOY_DATASETS,
     sample_toy,
-    toy_gaussian_mixture,
 )
 
 __all__ = [
@@ -27,6 +35,12 @@ __all__ = [
     "EIGHT_GAUSSIANS_RADIUS",
     "EIGHT_GAUSSIANS_STD",
     "ImageBatches",
+    "MODEL_RANGE",
+    "bits_per_dim_offset",
+    "dequantize_to_range",
+    "to_unit_range",
+    "uint8_to_model_range",
+    "uint8_to_unit_range",
     "TOY_DATASETS",
     "center_crop_resize",
     "dequantize",
@@ -41,5 +55,4 @@ __all__ = [
     "to_global_batch",
     "to_model_range",
     "to_uint8",
-    "toy_gaussian_mixture",
 ]

@@ -17,6 +17,20 @@ import numpy as np
 __all__ = ["ImageBatches", "make_batch_iterator", "to_global_batch"]
 
 
+def check_process(process_index, process_count, *, default):
+    """``(process_index, process_count)``, ``default`` when both are ``None``; ``ValueError`` for
+    one without the other, a count below 1 or an index outside ``[0, count)``."""
+    if process_index is None and process_count is None:
+        return default
+    if process_index is None or process_count is None:
+        raise ValueError("give both process_index and process_count, or neither")
+    if not (isinstance(process_count, int) and process_count >= 1):
+        raise ValueError(f"process_count must be a positive int; got {process_count!r}")
+    if not (isinstance(process_index, int) and 0 <= process_index < process_count):
+        raise ValueError(f"process_index must lie in [0, {process_count}); got {process_index!r}")
+    return process_index, process_count
+
+
 def _check_arrays(arrays):
     if not isinstance(arrays, dict) or not arrays:
         raise ValueError("arrays must be a non-empty dict of numpy arrays")
@@ -51,14 +65,9 @@ class ImageBatches:
         start_step=0,
     ):
         num_examples = _check_arrays(arrays)
-        if process_index is None and process_count is None:
-            process_index, process_count = jax.process_index(), jax.process_count()
-        elif process_index is None or process_count is None:
-            raise ValueError("give both process_index and process_count, or neither")
-        if not (isinstance(process_count, int) and process_count >= 1):
-            raise ValueError(f"process_count must be a positive int; got {process_count!r}")
-        if not (isinstance(process_index, int) and 0 <= process_index < process_count):
-            raise ValueError(f"process_index must lie in [0, {process_count}); got {process_index}")
+        process_index, process_count = check_process(
+            process_index, process_count, default=(jax.process_index(), jax.process_count())
+        )
         if not (isinstance(global_batch_size, int) and global_batch_size >= 1):
             raise ValueError(f"global_batch_size must be a positive int; got {global_batch_size!r}")
         if global_batch_size % process_count:
@@ -129,24 +138,12 @@ class ImageBatches:
             step += 1
 
 
-def make_batch_iterator(
-    arrays,
-    *,
-    global_batch_size,
-    seed,
-    process_index=None,
-    process_count=None,
-    shuffle=True,
-    drop_remainder=True,
-    start_step=0,
-):
+def make_batch_iterator(arrays, **options):
     """Infinite iterator of per-process batches (dicts of numpy arrays) from ``start_step`` on;
-    see :class:`ImageBatches` for the exact order (deterministic given ``seed``)."""
-    return iter(ImageBatches(
-        arrays, global_batch_size=global_batch_size, seed=seed, process_index=process_index,
-        process_count=process_count, shuffle=shuffle, drop_remainder=drop_remainder,
-        start_step=start_step,
-    ))
+    ``options`` are :class:`ImageBatches`' keywords (``global_batch_size``, ``seed``,
+    ``process_index``, ``process_count``, ``shuffle``, ``drop_remainder``, ``start_step``), which
+    also fix the exact order (deterministic given ``seed``)."""
+    return iter(ImageBatches(arrays, **options))
 
 
 def _batch_axis_devices(sharding):

@@ -1,26 +1,20 @@
-"""Offline image sources and explicit pixel preprocessing.
+"""Offline image sources: scikit-learn's digits, locally prepared TFDS sets, crop/resize.
 
-Pixel pipeline (all explicit; nothing happens behind the user's back):
-
-1. ``uint8`` images ``(N, H, W, C)`` in ``0..255`` from :func:`load_digits` or :func:`load_tfds`;
-2. :func:`dequantize`: ``x01 = (x + u) / 256`` with ``u ~ U[0, 1)`` per pixel (uniform
-   dequantisation; Theis et al. 2016, Sec. 3.1; Ho et al. 2020 / Song et al. 2021 likelihoods), so
-   ``x01`` lies in ``[0, 1)`` and has a density;
-3. :func:`to_model_range`: ``x = 2 x01 - 1`` in ``[-1, 1)`` (the range every network here sees);
-4. :func:`to_uint8`: the exact inverse ``floor(256 (x + 1) / 2)`` clipped to ``0..255`` for PNGs,
-   so ``to_uint8(to_model_range(dequantize(img, key))) == img``.
-
-A model trained on ``x`` in ``[-1, 1)`` reports bits/dim with the ``+7`` offset of
-``docs/data_networks.md`` (``log2 256 - log2 2``).
+Images come out as ``uint8`` ``(N, H, W, C)`` in ``0..255``; every pixel convention after that
+(dequantisation, model range, ``to_uint8``, bits/dim offset) lives in
+:mod:`diffusion_jax.data.pixels` (``dequantize``, ``to_model_range`` and ``to_uint8`` are
+re-exported here for existing imports).
 """
 
 from __future__ import annotations
 
-import functools
+import difflib
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+from diffusion_jax.data.batches import check_process
+from diffusion_jax.data.pixels import dequantize, to_model_range, to_uint8
+from diffusion_jax.data.toy import TOY_DATASETS
 
 __all__ = [
     "load_digits",
@@ -36,38 +30,6 @@ DIGITS_NUM_CLASSES = 10
 
 
 # -- preprocessing ------------------------------------------------------------------------------
-
-
-def dequantize(images, key, *, num_bits=8, dtype=jnp.float32):
-    """Uniform dequantisation ``(x + U[0, 1)) / 2^num_bits`` in ``[0, 1)`` (Theis et al. 2016,
-    Sec. 3.1; Ho et al. 2019, "Flow++", Sec. 3.1). ``images`` are integers in ``0..2^bits - 1``
-    (uint8 for 8 bits). Rounding of ``2^bits - 1 + u`` is clipped below 1 so the range stays
-    half-open."""
-    images = jnp.asarray(images)
-    if not jnp.issubdtype(images.dtype, jnp.integer):
-        raise ValueError(
-            f"dequantize expects integer images (uint8 for 8 bits) in 0..2^bits-1; got dtype {images.dtype}"
-        )
-    return _dequantize(images, key, num_bits, jnp.dtype(dtype))
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _dequantize(images, key, num_bits, dtype):
-    noise = jax.random.uniform(key, images.shape, dtype)
-    below_one = jnp.nextafter(jnp.ones((), dtype), jnp.zeros((), dtype))
-    return jnp.minimum((images.astype(dtype) + noise) / 2.0**num_bits, below_one)
-
-
-def to_model_range(x01):
-    """Scale ``[0, 1]`` to ``[-1, 1]``: ``2 x - 1`` (Ho et al. 2020, Sec. 3.3)."""
-    return 2.0 * x01 - 1.0
-
-
-def to_uint8(x_model):
-    """Inverse of ``to_model_range(dequantize(.))``: ``floor(256 (x + 1) / 2)`` clipped to
-    ``0..255``, returned as a numpy ``uint8`` array (for PNGs)."""
-    x01 = (np.asarray(x_model, np.float64) + 1.0) / 2.0
-    return np.clip(np.floor(256.0 * x01), 0, 255).astype(np.uint8)
 
 
 def center_crop_resize(images_uint8, size, *, crop_size=None):
@@ -143,7 +105,10 @@ def _open_examples(name, split, data_dir):
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
-        raise ValueError(f"unknown TFDS dataset {name!r} (not in the TFDS catalog)") from error
+        raise ValueError(
+            f"unknown TFDS dataset {name!r} (not in the TFDS catalog); the built-in sets are "
+            f"the toy sets {TOY_DATASETS} (sample_toy) and 'digits' (load_digits)"
+        ) from error
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False), None
     except NotImplementedError:
@@ -181,9 +146,12 @@ def load_tfds(
     read (each host loads its shard). ``image_size`` centre-crops and resizes each example while
     reading (:func:`center_crop_resize`, e.g. CelebA 64x64). ``label_key=None`` returns ``None``
     labels. Returns ``(images uint8 (N, H, W, C), labels int32 (N,) or None)``.
-    A dataset that is not prepared raises ``FileNotFoundError`` saying how to prepare it.
+    A dataset that is not prepared raises ``FileNotFoundError`` saying how to prepare it; an
+    empty or ``None`` ``data_dir``, and a toy / digits name (or a near miss of one), raise
+    ``ValueError`` before TFDS is touched.
     """
-    process_index, process_count = _check_process(process_index, process_count, default=(0, 1))
+    _check_tfds_arguments(name, data_dir)
+    process_index, process_count = check_process(process_index, process_count, default=(0, 1))
     source, dataset = _open_examples(name, split, data_dir)
     if source is not None:
         indices = range(process_index, len(source), process_count)
@@ -221,13 +189,21 @@ def load_tfds(
     return images, (np.asarray(labels, np.int32) if label_key is not None else None)
 
 
-def _check_process(process_index, process_count, *, default):
-    if process_index is None and process_count is None:
-        return default
-    if process_index is None or process_count is None:
-        raise ValueError("give both process_index and process_count, or neither")
-    if not (isinstance(process_count, int) and process_count >= 1):
-        raise ValueError(f"process_count must be a positive int; got {process_count!r}")
-    if not (isinstance(process_index, int) and 0 <= process_index < process_count):
-        raise ValueError(f"process_index must lie in [0, {process_count}); got {process_index!r}")
-    return process_index, process_count
+def _check_tfds_arguments(name, data_dir):
+    """One-line errors for a built-in (or nearly built-in) name and for a missing ``data_dir``."""
+    builtin = (*TOY_DATASETS, "digits")
+    if name in builtin:
+        loader = "load_digits()" if name == "digits" else f"sample_toy({name!r}, key, num)"
+        raise ValueError(f"{name!r} is a built-in dataset, not a TFDS one: use {loader}")
+    close = difflib.get_close_matches(str(name), builtin, n=1, cutoff=0.8)
+    if close:
+        raise ValueError(
+            f"unknown dataset {name!r}: did you mean the built-in {close[0]!r}? (built-in: "
+            f"{builtin}; other names are read from a local TFDS data_dir)"
+        )
+    if not data_dir:
+        raise ValueError(
+            f"TFDS dataset {name!r} needs data_dir, the local directory it is prepared in (got "
+            f"{data_dir!r}): pass data_dir=DIR (--config.data.data_dir=DIR), after `tfds build "
+            f"{name} --data_dir DIR` on a machine with network access"
+        )

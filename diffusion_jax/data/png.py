@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from diffusion_jax.data.images import to_uint8
+from diffusion_jax.data.pixels import to_uint8
 
 __all__ = ["image_grid", "save_image_grid", "scatter_image", "scatter_png"]
 

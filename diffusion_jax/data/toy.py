@@ -14,39 +14,33 @@ name                   definition (all float32, shape ``(num_samples, 2)``)
                        (Marsland 2009; scikit-learn ``make_swiss_roll`` in 2-D).
 ``pinwheel``           5 arms: radius ``r ~ 1 + 0.3 N``, tangential ``0.1 N``, rotated by
                        ``2 pi k/5 + 0.25 exp(r)``, times 1.5 (Johnson et al. 2016, "SVAE").
-``gaussian_mixture``   :func:`toy_gaussian_mixture`, an analytic mixture with exact score.
+``gaussian_mixture``   :func:`diffusion_jax.analytic.toy_gaussian_mixture` (exact score).
 =====================  ==========================================================================
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.analytic import GaussianMixture
-
-__all__ = ["TOY_DATASETS", "sample_toy", "toy_gaussian_mixture", "EIGHT_GAUSSIANS_RADIUS",
-           "EIGHT_GAUSSIANS_STD"]
+__all__ = ["TOY_DATASETS", "sample_toy", "EIGHT_GAUSSIANS_RADIUS", "EIGHT_GAUSSIANS_STD",
+           "TOY_MIXTURE_MEANS", "TOY_MIXTURE_COVARIANCES", "TOY_MIXTURE_WEIGHTS"]
 
 EIGHT_GAUSSIANS_RADIUS = 2.0
 EIGHT_GAUSSIANS_STD = 0.1
 
 
-def toy_gaussian_mixture(dtype=jnp.float32):
-    """The fixed 3-component 2-D mixture behind ``"gaussian_mixture"`` (exact denoiser, score and
-    density via :class:`diffusion_jax.analytic.GaussianMixture`).
-
-    Means ``(-1.5, -0.5), (1.5, -0.5), (0, 1.25)``; weights ``0.3, 0.3, 0.4``; covariances
-    ``[[0.3, 0.15], [0.15, 0.2]]``, ``[[0.2, -0.1], [-0.1, 0.3]]`` and ``0.1 I``.
-    """
-    means = jnp.array([[-1.5, -0.5], [1.5, -0.5], [0.0, 1.25]], dtype)
-    covariances = jnp.array(
-        [[[0.3, 0.15], [0.15, 0.2]], [[0.2, -0.1], [-0.1, 0.3]], [[0.1, 0.0], [0.0, 0.1]]], dtype
-    )
-    return GaussianMixture.create(means, covariances, jnp.array([0.3, 0.3, 0.4], dtype))
+# The fixed 3-component 2-D mixture behind ``"gaussian_mixture"``; its exact denoiser, score and
+# density are :func:`diffusion_jax.analytic.toy_gaussian_mixture` (the core builds on data, not
+# the other way round).
+TOY_MIXTURE_MEANS = ((-1.5, -0.5), (1.5, -0.5), (0.0, 1.25))
+TOY_MIXTURE_COVARIANCES = (((0.3, 0.15), (0.15, 0.2)), ((0.2, -0.1), (-0.1, 0.3)),
+                           ((0.1, 0.0), (0.0, 0.1)))
+TOY_MIXTURE_WEIGHTS = (0.3, 0.3, 0.4)
 
 
 def _two_moons(key, num_samples):
@@ -102,7 +96,12 @@ def _pinwheel(key, num_samples):
 
 
 def _gaussian_mixture(key, num_samples):
-    return toy_gaussian_mixture().sample(key, num_samples)
+    component_key, normal_key = jax.random.split(key)
+    weights = jnp.asarray(TOY_MIXTURE_WEIGHTS)
+    components = jax.random.categorical(component_key, jnp.log(weights), shape=(num_samples,))
+    factors = jnp.linalg.cholesky(jnp.asarray(TOY_MIXTURE_COVARIANCES))[components]
+    z = jax.random.normal(normal_key, (num_samples, 2))
+    return jnp.asarray(TOY_MIXTURE_MEANS)[components] + jnp.einsum("nij,nj->ni", factors, z)
 
 
 _SAMPLERS = {
@@ -120,7 +119,9 @@ def sample_toy(name, key, num_samples):
     """``num_samples`` points ``(num_samples, 2)`` float32 of toy set ``name`` (see module table);
     deterministic given the typed ``key``. Unknown ``name`` -> ``ValueError`` listing the names."""
     if name not in _SAMPLERS:
-        raise ValueError(f"unknown toy dataset {name!r}; expected one of {TOY_DATASETS}")
+        close = difflib.get_close_matches(str(name), TOY_DATASETS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown toy dataset {name!r}{hint}; expected one of {TOY_DATASETS}")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int; got {num_samples!r}")
     return _sample_jit(name, key, num_samples)

@@ -5,6 +5,7 @@
 * :mod:`~diffusion_jax.metrics.kid`: Kernel Inception Distance (unbiased, polynomial kernel);
 * :mod:`~diffusion_jax.metrics.inception_score`: Inception Score;
 * :mod:`~diffusion_jax.metrics.precision_recall`: improved precision and recall;
+* :mod:`~diffusion_jax.metrics.sliced_wasserstein`: sliced Wasserstein distance (toy data);
 * :mod:`~diffusion_jax.metrics.inception`: FID Inception-v3 (weights from a local file);
 * :mod:`~diffusion_jax.metrics.digits_classifier`: the digits feature network (committed weights).
 
@@ -12,6 +13,7 @@ Feature networks are imported from their modules explicitly (they pull in Flax).
 """
 
 from diffusion_jax.metrics.frechet import (
+    PSD_TOLERANCE,
     frechet_distance,
     frechet_distance_from_stats,
     sqrtm_psd,
@@ -20,6 +22,7 @@ from diffusion_jax.metrics.frechet import (
 from diffusion_jax.metrics.inception_score import inception_score
 from diffusion_jax.metrics.kid import kernel_inception_distance, mmd2_unbiased, polynomial_kernel
 from diffusion_jax.metrics.precision_recall import knn_radii, manifold_coverage, precision_recall
+from diffusion_jax.metrics.sliced_wasserstein import sliced_wasserstein
 from diffusion_jax.metrics.statistics import (
     FeatureStatistics,
     compute_features,
@@ -29,6 +32,7 @@ from diffusion_jax.metrics.statistics import (
 
 __all__ = [
     "FeatureStatistics",
+    "PSD_TOLERANCE",
     "compute_features",
     "compute_statistics",
     "load_reference",
@@ -43,4 +47,5 @@ __all__ = [
     "knn_radii",
     "manifold_coverage",
     "precision_recall",
+    "sliced_wasserstein",
 ]

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from diffusion_jax.data.pixels import uint8_to_model_range
+
 __all__ = [
     "DigitsClassifier",
     "FEATURE_DIM",
@@ -39,7 +41,7 @@ def images_to_model_range(images):
     """``uint8`` images to ``[-1, 1]`` floats (``x / 127.5 - 1``); floats are returned as they are."""
     images = jnp.asarray(images)
     if images.dtype == jnp.uint8:
-        return images.astype(jnp.float32) / 127.5 - 1.0
+        return uint8_to_model_range(images)
     if not jnp.issubdtype(images.dtype, jnp.floating):
         raise ValueError(f"images must be uint8 or floating point in [-1, 1]; got {images.dtype}")
     return images.astype(jnp.float32)

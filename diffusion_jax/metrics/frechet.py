@@ -15,7 +15,19 @@ import numpy as np
 
 from diffusion_jax.metrics.statistics import FeatureStatistics
 
-__all__ = ["sqrtm_psd", "trace_sqrt_product", "frechet_distance", "frechet_distance_from_stats"]
+__all__ = [
+    "PSD_TOLERANCE",
+    "sqrtm_psd",
+    "trace_sqrt_product",
+    "frechet_distance",
+    "frechet_distance_from_stats",
+]
+
+
+# Smallest eigenvalue accepted, relative to the largest: float32 storage of a covariance moves
+# eigenvalues by up to ~eps32 * sqrt(d) * ||S|| (~3e-6 at d = 2048); a true negative variance is
+# far below this.
+PSD_TOLERANCE = 1e-5
 
 
 def _check_covariance(matrix, name):
@@ -27,24 +39,38 @@ def _check_covariance(matrix, name):
     return 0.5 * (matrix + matrix.T)
 
 
-def sqrtm_psd(matrix):
+def _check_psd(eigenvalues, name):
+    """Raise unless ``min eig >= -PSD_TOLERANCE * max |eig|`` (negative only by rounding)."""
+    smallest = float(eigenvalues.min(initial=0.0))
+    scale = float(np.abs(eigenvalues).max(initial=0.0))
+    if smallest < -PSD_TOLERANCE * scale:
+        raise ValueError(
+            f"{name} is not positive semi-definite: smallest eigenvalue {smallest:.3g} < "
+            f"-{PSD_TOLERANCE:g} x largest {scale:.3g} (not a covariance matrix)"
+        )
+
+
+def sqrtm_psd(matrix, *, name="matrix"):
     """Principal square root of a symmetric positive semi-definite matrix, ``U sqrt(L) U^T``
     via ``eigh`` (Higham 2008, "Functions of Matrices", Sec. 6.1); eigenvalues below zero from
-    round-off are clipped."""
-    matrix = _check_covariance(matrix, "matrix")
+    round-off are clipped, a matrix that is not PSD beyond :data:`PSD_TOLERANCE` is a
+    ``ValueError``."""
+    matrix = _check_covariance(matrix, name)
     eigenvalues, eigenvectors = np.linalg.eigh(matrix)
+    _check_psd(eigenvalues, name)
     roots = np.sqrt(np.clip(eigenvalues, 0.0, None))
     return (eigenvectors * roots) @ eigenvectors.T
 
 
 def trace_sqrt_product(cov_1, cov_2):
     """``tr (S_1 S_2)^{1/2} = sum_i sqrt(lambda_i(S_1^{1/2} S_2 S_1^{1/2}))`` (Dowson & Landau
-    1982, eq. 2, symmetric form)."""
+    1982, eq. 2, symmetric form). Both covariances must be PSD up to :data:`PSD_TOLERANCE`."""
     cov_1 = _check_covariance(cov_1, "cov_1")
     cov_2 = _check_covariance(cov_2, "cov_2")
     if cov_1.shape != cov_2.shape:
         raise ValueError(f"covariance shapes differ: {cov_1.shape} vs {cov_2.shape}")
-    root = sqrtm_psd(cov_1)
+    _check_psd(np.linalg.eigvalsh(cov_2), "cov_2")
+    root = sqrtm_psd(cov_1, name="cov_1")
     middle = root @ cov_2 @ root
     eigenvalues = np.linalg.eigvalsh(0.5 * (middle + middle.T))
     return float(np.sum(np.sqrt(np.clip(eigenvalues, 0.0, None))))
@@ -52,7 +78,8 @@ def trace_sqrt_product(cov_1, cov_2):
 
 def frechet_distance(mean_1, cov_1, mean_2, cov_2):
     """Squared Frechet (2-Wasserstein) distance between ``N(mean_1, cov_1)`` and
-    ``N(mean_2, cov_2)`` (Heusel et al. 2017, eq. 6)."""
+    ``N(mean_2, cov_2)`` (Heusel et al. 2017, eq. 6). ``ValueError`` for a covariance that is not
+    positive semi-definite beyond rounding (:data:`PSD_TOLERANCE`)."""
     mean_1 = np.asarray(mean_1, np.float64)
     mean_2 = np.asarray(mean_2, np.float64)
     if mean_1.shape != mean_2.shape or mean_1.ndim != 1:

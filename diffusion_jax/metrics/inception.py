@@ -6,12 +6,21 @@ Table 1) in the variant of the TensorFlow graph ``pt_inception-2015-12-05`` that
 average pools exclude padding from the count, and the last block's pool branch is a max pool.
 Batch norm uses ``eps = 1e-3``; there is no auxiliary head.
 
+The logits returned for the Inception Score are ``pool3 @ fc.weight^T`` **without** the final
+layer's bias, as in the original IS code (Salimans et al. 2016), guided-diffusion's evaluator,
+torch-fidelity (``logits_unbiased``) and torchmetrics; ``fc.bias`` is not read.
+
+Every convolution and the final matmul run at ``jax.lax.Precision.HIGHEST`` (full float32): the
+backend default on GPU / TPU may be TF32 or bf16, which moves the features by 1e-2..1e-1 relative
+and would make FIDs incomparable across machines.
+
 **Weights are never downloaded.** :func:`load_inception` reads a local ``.npz`` whose arrays are the
 PyTorch ``state_dict`` of pytorch-fid's FID Inception (``pt_inception-2015-12-05-6726825d.pth``)
 under their PyTorch names and layouts (``Mixed_5b.branch1x1.conv.weight`` as ``(O, I, kh, kw)``,
-``....bn.weight/bias/running_mean/running_var``, ``fc.weight (1008, 2048)``, ``fc.bias``).
+``....bn.weight/bias/running_mean/running_var``, ``fc.weight (1008, 2048)``).
 ``scripts/convert_inception_weights.py`` writes that file from the ``.pth`` (needs ``torch``),
-optionally adding ``reference.input`` / ``reference.pool3`` computed by PyTorch for a fixed input so
+optionally adding ``reference.input`` / ``reference.pool3`` / ``reference.logits_unbiased``
+computed by PyTorch for a fixed input so
 the port can be checked (``tests/test_metrics.py`` does when ``DIFFUSION_JAX_INCEPTION_WEIGHTS``
 names the file).
 
@@ -29,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from diffusion_jax.data.pixels import to_unit_range, uint8_to_unit_range
+
 __all__ = [
     "InceptionV3",
     "load_inception",
@@ -41,6 +52,7 @@ FID_FEATURE_DIM = 2048
 NUM_LOGITS = 1008
 INPUT_SIZE = 299
 _BN_EPS = 1e-3
+_PRECISION = jax.lax.Precision.HIGHEST
 
 
 def _seed(rngs):
@@ -73,7 +85,7 @@ class ConvBN(nnx.Module):
         y = jax.lax.conv_general_dilated(
             x, self.kernel[...], (self.stride, self.stride),
             [(self.padding[0], self.padding[0]), (self.padding[1], self.padding[1])],
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_PRECISION,
         )
         multiplier = self.scale[...] * jax.lax.rsqrt(self.var[...] + _BN_EPS)
         return jax.nn.relu((y - self.mean[...]) * multiplier + self.bias[...])
@@ -96,6 +108,13 @@ def _avg_pool_exclude_padding(x):
     return total / count
 
 
+def _chain(x, *layers):
+    """``layers[-1](...(layers[0](x)))``: one branch of an Inception block."""
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
 class InceptionA(nnx.Module):
     """35x35 block (Szegedy et al. 2016, Fig. 5); pytorch-fid ``FIDInceptionA``."""
 
@@ -111,8 +130,8 @@ class InceptionA(nnx.Module):
     def __call__(self, x):
         return jnp.concatenate([
             self.branch1x1(x),
-            self.branch5x5_2(self.branch5x5_1(x)),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+            _chain(x, self.branch5x5_1, self.branch5x5_2),
+            _chain(x, self.branch3x3dbl_1, self.branch3x3dbl_2, self.branch3x3dbl_3),
             self.branch_pool(_avg_pool_exclude_padding(x)),
         ], axis=-1)
 
@@ -129,7 +148,7 @@ class InceptionB(nnx.Module):
     def __call__(self, x):
         return jnp.concatenate([
             self.branch3x3(x),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+            _chain(x, self.branch3x3dbl_1, self.branch3x3dbl_2, self.branch3x3dbl_3),
             _max_pool(x),
         ], axis=-1)
 
@@ -152,14 +171,11 @@ class InceptionC(nnx.Module):
         self.branch_pool = ConvBN(in_channels, 192, 1, rngs=rngs)
 
     def __call__(self, x):
-        double = self.branch7x7dbl_1(x)
-        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                      self.branch7x7dbl_5):
-            double = layer(double)
         return jnp.concatenate([
             self.branch1x1(x),
-            self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
-            double,
+            _chain(x, self.branch7x7_1, self.branch7x7_2, self.branch7x7_3),
+            _chain(x, self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3,
+                   self.branch7x7dbl_4, self.branch7x7dbl_5),
             self.branch_pool(_avg_pool_exclude_padding(x)),
         ], axis=-1)
 
@@ -176,11 +192,10 @@ class InceptionD(nnx.Module):
         self.branch7x7x3_4 = ConvBN(192, 192, 3, stride=2, rngs=rngs)
 
     def __call__(self, x):
-        seven = self.branch7x7x3_1(x)
-        for layer in (self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
-            seven = layer(seven)
+        seven = _chain(x, self.branch7x7x3_1, self.branch7x7x3_2, self.branch7x7x3_3,
+                       self.branch7x7x3_4)
         return jnp.concatenate(
-            [self.branch3x3_2(self.branch3x3_1(x)), seven, _max_pool(x)], axis=-1
+            [_chain(x, self.branch3x3_1, self.branch3x3_2), seven, _max_pool(x)], axis=-1
         )
 
 
@@ -202,7 +217,7 @@ class InceptionE(nnx.Module):
 
     def __call__(self, x):
         single = self.branch3x3_1(x)
-        double = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        double = _chain(x, self.branch3x3dbl_1, self.branch3x3dbl_2)
         if self.max_pool_branch:
             pooled = _max_pool(x, size=3, stride=1, padding=1)
         else:
@@ -217,8 +232,9 @@ class InceptionE(nnx.Module):
 
 class InceptionV3(nnx.Module):
     """FID Inception-v3 (Szegedy et al. 2016, Table 1; Heusel et al. 2017): ``__call__`` maps
-    preprocessed images ``(N, H, W, 3)`` in ``[-1, 1]`` to ``(pool3 (N, 2048), logits (N, 1008))``.
-    Attribute names follow torchvision / pytorch-fid so weights map one-to-one."""
+    preprocessed images ``(N, H, W, 3)`` in ``[-1, 1]`` to ``(pool3 (N, 2048), logits (N, 1008))``
+    (logits without the final bias, the Inception Score's convention). Attribute names follow
+    torchvision / pytorch-fid so weights map one-to-one."""
 
     def __init__(self, *, rngs: nnx.Rngs):
         self.Conv2d_1a_3x3 = ConvBN(3, 32, 3, stride=2, rngs=rngs)
@@ -242,15 +258,12 @@ class InceptionV3(nnx.Module):
         self.fc_kernel = nnx.Param(jnp.asarray(
             generator.uniform(-limit, limit, (FID_FEATURE_DIM, NUM_LOGITS)), jnp.float32
         ))
-        self.fc_bias = nnx.Param(jnp.zeros((NUM_LOGITS,)))
 
     def blocks(self, x):
         """Named intermediate activations (``dict``), ending with ``Mixed_7c`` (8x8x2048 at 299)."""
         outputs = {}
-        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
-        x = _max_pool(x)
-        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
-        x = _max_pool(x)
+        x = _chain(x, self.Conv2d_1a_3x3, self.Conv2d_2a_3x3, self.Conv2d_2b_3x3, _max_pool,
+                   self.Conv2d_3b_1x1, self.Conv2d_4a_3x3, _max_pool)
         outputs["stem"] = x
         for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
                      "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
@@ -260,7 +273,8 @@ class InceptionV3(nnx.Module):
 
     def __call__(self, x):
         pool3 = jnp.mean(self.blocks(x)["Mixed_7c"], axis=(1, 2))
-        logits = pool3 @ self.fc_kernel[...] + self.fc_bias[...]
+        # Unbiased logits: the Inception Score's standard definition (module docstring).
+        logits = jnp.matmul(pool3, self.fc_kernel[...], precision=_PRECISION)
         return pool3, logits
 
 
@@ -272,13 +286,14 @@ def preprocess_for_inception(images, *, size=INPUT_SIZE):
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(f"images must have shape (N, H, W, 1 or 3); got {images.shape}")
     if images.dtype == jnp.uint8:
-        unit = images.astype(jnp.float32) / 255.0
+        unit = uint8_to_unit_range(images)
     else:
-        unit = (images.astype(jnp.float32) + 1.0) / 2.0
+        unit = to_unit_range(images.astype(jnp.float32))
     if images.shape[-1] == 1:
         unit = jnp.repeat(unit, 3, axis=-1)
     if unit.shape[1:3] != (size, size):
-        unit = jax.image.resize(unit, (unit.shape[0], size, size, 3), "bilinear", antialias=False)
+        unit = jax.image.resize(unit, (unit.shape[0], size, size, 3), "bilinear", antialias=False,
+                                precision=_PRECISION)
     return 2.0 * unit - 1.0
 
 
@@ -318,7 +333,6 @@ def load_inception(path):
         module.mean[...] = take(f"{prefix}.bn.running_mean", (cout,))
         module.var[...] = take(f"{prefix}.bn.running_var", (cout,))
     model.fc_kernel[...] = take("fc.weight", (NUM_LOGITS, FID_FEATURE_DIM)).T
-    model.fc_bias[...] = take("fc.bias", (NUM_LOGITS,))
     return model
 
 

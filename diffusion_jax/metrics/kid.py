@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffusion_jax.metrics.statistics import check_features
+
 __all__ = ["polynomial_kernel", "mmd2_unbiased", "kernel_inception_distance"]
 
 
@@ -47,9 +49,9 @@ def kernel_inception_distance(
     """KID: mean and standard deviation over subsets of :func:`mmd2_unbiased` (Binkowski et al.
     2018, Sec. 4). Subsets are drawn without replacement (``numpy`` generator with ``seed``);
     ``subset_size`` is capped at the smaller set."""
-    features_1 = np.asarray(features_1, np.float64)
-    features_2 = np.asarray(features_2, np.float64)
-    if features_1.ndim != 2 or features_2.ndim != 2 or features_1.shape[1] != features_2.shape[1]:
+    features_1 = check_features(features_1, "features_1")
+    features_2 = check_features(features_2, "features_2")
+    if features_1.shape[1] != features_2.shape[1]:
         raise ValueError(
             f"features must be (num, dim) with equal dim; got {features_1.shape}, "
             f"{features_2.shape}"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffusion_jax.metrics.statistics import check_features
+
 __all__ = ["knn_radii", "manifold_coverage", "precision_recall"]
 
 
@@ -21,7 +23,7 @@ def _squared_distances(a, b):
 def knn_radii(features, *, k=3, block_size=1024):
     """Distance of every point to its ``k``-th nearest other point (Kynkaanniemi et al. 2019,
     eq. 1)."""
-    features = np.asarray(features, np.float64)
+    features = check_features(features, "features")
     if not 1 <= k < features.shape[0]:
         raise ValueError(f"k must be in [1, {features.shape[0] - 1}]; got {k}")
     radii = np.empty(features.shape[0])
@@ -35,8 +37,8 @@ def knn_radii(features, *, k=3, block_size=1024):
 def manifold_coverage(support, radii, queries, *, block_size=1024):
     """Fraction of ``queries`` within ``radii[i]`` of some ``support[i]`` (Kynkaanniemi et al.
     2019, eq. 2)."""
-    support = np.asarray(support, np.float64)
-    queries = np.asarray(queries, np.float64)
+    support = check_features(support, "support")
+    queries = check_features(queries, "queries")
     inside = np.empty(queries.shape[0], dtype=bool)
     for start in range(0, queries.shape[0], block_size):
         distances = np.sqrt(_squared_distances(queries[start:start + block_size], support))
@@ -46,10 +48,11 @@ def manifold_coverage(support, radii, queries, *, block_size=1024):
 
 def precision_recall(real_features, fake_features, *, k=3):
     """``(precision, recall)`` of generated ``fake_features`` against ``real_features``
-    (Kynkaanniemi et al. 2019, eq. 1-2)."""
-    real = np.asarray(real_features, np.float64)
-    fake = np.asarray(fake_features, np.float64)
-    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+    (Kynkaanniemi et al. 2019, eq. 1-2). NaN or infinite features are a ``ValueError`` (every
+    comparison with NaN is false, which would silently give ``(0, 0)``)."""
+    real = check_features(real_features, "real_features")
+    fake = check_features(fake_features, "fake_features")
+    if real.shape[1] != fake.shape[1]:
         raise ValueError(f"features must be (num, dim) with equal dim; got {real.shape}, {fake.shape}")
     precision = manifold_coverage(real, knn_radii(real, k=k), fake)
     recall = manifold_coverage(fake, knn_radii(fake, k=k), real)

@@ -15,7 +15,24 @@ import os
 
 import numpy as np
 
-__all__ = ["FeatureStatistics", "compute_features", "compute_statistics", "load_reference"]
+__all__ = [
+    "FeatureStatistics",
+    "check_features",
+    "compute_features",
+    "compute_statistics",
+    "load_reference",
+]
+
+
+def check_features(features, name="features"):
+    """``features`` as a float64 ``(num, dim)`` array; ``ValueError`` naming ``name`` for another
+    rank or for NaN / infinite entries (the one check every metric applies to its inputs)."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2:
+        raise ValueError(f"{name} must have shape (num, dim); got {features.shape}")
+    if not np.all(np.isfinite(features)):
+        raise ValueError(f"{name} contain NaN or infinity")
+    return features
 
 
 @dataclasses.dataclass
@@ -31,15 +48,11 @@ class FeatureStatistics:
 
     def update(self, features):
         """Fold a batch ``(n, d)`` of features into the statistics (returns ``self``)."""
-        features = np.asarray(features, dtype=np.float64)
-        if features.ndim != 2:
-            raise ValueError(f"features must have shape (num, dim); got {features.shape}")
+        features = check_features(features)
         if self.mean is not None and features.shape[1] != self.mean.shape[0]:
             raise ValueError(
                 f"feature dimension {features.shape[1]} != running dimension {self.mean.shape[0]}"
             )
-        if not np.all(np.isfinite(features)):
-            raise ValueError("features contain NaN or infinity")
         num = features.shape[0]
         if num == 0:
             return self
@@ -98,16 +111,42 @@ class FeatureStatistics:
         return cls(count, reference["mu"], reference["sigma"] * (count - 1))
 
 
+_REFERENCE_LAYOUT = (
+    "a statistics .npz with arrays 'mu' (d,) and 'sigma' (d, d), optional 'count' and "
+    "'features' (n, d), as written by FeatureStatistics.save or pytorch-fid"
+)
+
+
 def load_reference(path):
     """``dict`` of a reference ``.npz`` (keys ``mu``, ``sigma``, optional ``count``, ``features``);
-    ``FileNotFoundError`` naming the path when it is missing."""
+    ``FileNotFoundError`` naming the path when it is missing, ``ValueError`` naming the expected
+    keys for anything else (a pickle, a ``.npy``, object arrays, missing or misshapen arrays).
+    Nothing is unpickled."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"reference statistics file not found: {path}")
-    with np.load(path) as data:
-        reference = {name: np.asarray(data[name]) for name in data.files}
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{path} is not {_REFERENCE_LAYOUT} ({error})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single array, not {_REFERENCE_LAYOUT}")
+    try:
+        with data:
+            reference = {name: np.asarray(data[name]) for name in data.files}
+    except ValueError as error:
+        raise ValueError(f"{path} is not {_REFERENCE_LAYOUT} ({error})") from None
     for required in ("mu", "sigma"):
         if required not in reference:
-            raise ValueError(f"{path} has no {required!r} array (keys: {sorted(reference)})")
+            raise ValueError(
+                f"{path} has no {required!r} array (keys: {sorted(reference)}); expected "
+                f"{_REFERENCE_LAYOUT}"
+            )
+    mu, sigma = reference["mu"], reference["sigma"]
+    if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
+        raise ValueError(
+            f"{path}: 'mu' {mu.shape} and 'sigma' {sigma.shape} do not form a mean (d,) and a "
+            "covariance (d, d)"
+        )
     return reference
 
 

@@ -11,7 +11,7 @@ from diffusion_jax.networks.embeddings import FourierEmbedding, PositionalEmbedd
 from diffusion_jax.networks.layers import group_count
 from diffusion_jax.networks.mlp import MLP
 from diffusion_jax.networks.unet import AttentionBlock, ResnetBlock, UNet
-from diffusion_jax.networks.wrappers import WithDropoutKey
+from diffusion_jax.networks.wrappers import WithDropoutKey, reseed_rng_streams
 
 __all__ = [
     "EMBEDDINGS",
@@ -26,6 +26,7 @@ __all__ = [
     "check_labels",
     "count_params",
     "group_count",
+    "reseed_rng_streams",
 ]
 
 

@@ -18,18 +18,19 @@ from diffusion_jax.recipes.builders import (
     as_config,
     build_model,
     build_process,
-    denoiser_from_spec,
+    check_spec,
+    model_from_spec,
     model_spec,
     network_from_spec,
-    process_from_spec,
 )
 from diffusion_jax.recipes.config_check import check_resume_config, validate_config
 from diffusion_jax.recipes.datasets import load_arrays, load_split, preprocess
 from diffusion_jax.recipes.defaults import base_config, load_config
+from diffusion_jax.recipes.families import family_module, generate, write_samples
 from diffusion_jax.recipes.loading import Run, load
 from diffusion_jax.recipes.objectives import ema_schedules, make_loss_fn
 from diffusion_jax.recipes.runtime import enable_compilation_cache, initialize_distributed
-from diffusion_jax.recipes.sampling import build_grid, generate, sample_noise, write_samples
+from diffusion_jax.recipes.sampling import build_grid, sample_noise
 from diffusion_jax.recipes.training_loop import TrainResult, train
 
 __all__ = [
@@ -42,8 +43,10 @@ __all__ = [
     "build_model",
     "build_process",
     "check_resume_config",
-    "denoiser_from_spec",
+    "check_spec",
+    "model_from_spec",
     "ema_schedules",
+    "family_module",
     "enable_compilation_cache",
     "generate",
     "initialize_distributed",
@@ -54,7 +57,6 @@ __all__ = [
     "model_spec",
     "network_from_spec",
     "preprocess",
-    "process_from_spec",
     "sample_noise",
     "train",
     "validate_config",

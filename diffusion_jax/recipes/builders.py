@@ -2,12 +2,13 @@
 else, in two stages.
 
 1. ``model_spec(config)`` turns the config's model-related fields into a JSON-able **model spec**
-   (network class and arguments, process, preconditioning or parameterisation, data shape, value
-   range and class count). Every checkpoint stores it, so a run rebuilds its denoiser with the
-   installed package alone (:func:`diffusion_jax.recipes.load`).
-2. ``denoiser_from_spec(spec)`` / ``network_from_spec`` / ``process_from_spec`` build the objects
-   from a spec. ``build_model(config)`` is the composition of the two, so training, sampling and
-   loading share one path.
+   (network class and arguments, the family's model entry — for the Gaussian family the process
+   and the preconditioning or parameterisation — data shape, value range and class count). Every
+   checkpoint stores it, so a run rebuilds its model with the installed package alone
+   (:func:`diffusion_jax.recipes.load`).
+2. ``network_from_spec`` / ``model_from_spec`` build the objects from a spec (the family's recipe
+   module, :mod:`~diffusion_jax.recipes.families`, builds its model). ``build_model(config)`` is
+   the composition of the two, so training, sampling and loading share one path.
 
 Training-only choices (noise-level distribution, weighting, compute dtype) are built from the
 config by the ``build_*`` functions below; the library core below the recipes takes only the
@@ -23,6 +24,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from diffusion_jax import denoisers, networks, processes, schedules
+from diffusion_jax.recipes.families import family_module
 
 __all__ = [
     "SPEC_FORMAT",
@@ -36,10 +38,13 @@ __all__ = [
     "pick",
     "is_image_data",
     "num_classes",
+    "network_kwargs",
+    "process_entry",
     "model_spec",
-    "process_from_spec",
+    "check_spec",
+    "process_from_entry",
     "network_from_spec",
-    "denoiser_from_spec",
+    "model_from_spec",
     "build_process",
     "build_model",
     "build_t_distribution",
@@ -131,10 +136,13 @@ def num_classes(config):
 # -- config -> spec ----------------------------------------------------------------------------
 
 
-def _network_kwargs(config) -> dict:
+def network_kwargs(config):
+    """``(name, kwargs)`` of the library's standard networks (``NETWORKS``) from
+    ``config.model`` and ``config.data`` (JSON-able; tuples as lists)."""
+    config = as_config(config)
     model = config.model
     if model.network == "mlp":
-        return {
+        return "mlp", {
             "data_dim": int(np.prod(config.data.shape)),
             "hidden_dim": model.hidden_dim,
             "num_layers": model.num_layers,
@@ -143,7 +151,7 @@ def _network_kwargs(config) -> dict:
             "num_classes": num_classes(config),
         }
     if model.network == "unet":
-        return {
+        return "unet", {
             "image_shape": list(config.data.shape),
             "base_channels": model.base_channels,
             "channel_multipliers": list(model.channel_multipliers),
@@ -157,47 +165,27 @@ def _network_kwargs(config) -> dict:
     raise AssertionError("unreachable")
 
 
-def _process_spec(config) -> dict:
+def process_entry(config) -> dict:
+    """``{"name", "kwargs"}`` of ``config.process`` (only the fields that process reads)."""
+    config = as_config(config)
     name = config.process.name
     pick(PROCESSES, name, "process")
     return {"name": name, "kwargs": {f: config.process[f] for f in _PROCESS_FIELDS[name]}}
 
 
-def _preconditioning_kwargs(config) -> dict:
-    name = config.model.preconditioning
-    if name == "edm":
-        return {"sigma_data": config.model.sigma_data}
-    if name == "vp":
-        return {"beta_min": config.process.beta_min, "beta_max": config.process.beta_max}
-    return {}
-
-
 def model_spec(config) -> dict:
-    """The JSON-able model spec of ``config``: everything that rebuilds its denoiser."""
+    """The JSON-able model spec of ``config``: everything that rebuilds its model (network class
+    and arguments, the family's model entry, data shape, kind, value range and class count)."""
     config = as_config(config)
-    model = config.model
-    if model.preconditioning == "process":
-        denoiser = {
-            "kind": "process",
-            "parameterisation": denoisers.check_parameterisation(model.parameterisation),
-            "time_scale": float(model.time_scale),
-        }
-    else:
-        pick(PRECONDITIONINGS, model.preconditioning, "preconditioning")
-        denoiser = {
-            "kind": "preconditioned",
-            "preconditioning": {
-                "name": model.preconditioning,
-                "kwargs": _preconditioning_kwargs(config),
-            },
-        }
+    family = family_module(config)
+    network_name, kwargs = family.network_kwargs(config)
     image = is_image_data(config)
     classes = num_classes(config)
     return {
         "format": SPEC_FORMAT,
-        "network": {"name": model.network, "kwargs": _network_kwargs(config)},
-        "process": _process_spec(config),
-        "denoiser": denoiser,
+        "family": family.FAMILY,
+        "network": {"name": network_name, "kwargs": kwargs},
+        "model": family.model_entry(config),
         "data": {
             "name": config.data.name,
             "shape": list(config.data.shape),
@@ -219,39 +207,32 @@ def _tuples(value):
     return value
 
 
-def _check_spec(spec):
+def check_spec(spec):
+    """``spec`` if it is a model spec of this format, else a one-line ``ValueError``."""
     if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
         found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
         raise ValueError(f"not a model spec of format {SPEC_FORMAT!r} (found {found!r})")
     return spec
 
 
-def process_from_spec(spec):
-    """The forward process of a model spec."""
-    entry = _check_spec(spec)["process"]
-    cls = pick(PROCESSES, entry["name"], "process")
-    return cls(**entry["kwargs"])
+def process_from_entry(entry):
+    """The forward process of a ``{"name", "kwargs"}`` entry."""
+    return pick(PROCESSES, entry["name"], "process")(**entry["kwargs"])
 
 
 def network_from_spec(spec, *, seed=0):
     """The NNX network of a model spec, initialised from ``seed`` (restore overwrites it)."""
-    entry = _check_spec(spec)["network"]
-    cls = pick(NETWORKS, entry["name"], "network")
+    entry = check_spec(spec)["network"]
+    table = {**NETWORKS, **family_module(spec).NETWORKS}
+    cls = pick(table, entry["name"], "network")
     kwargs = {k: _tuples(v) for k, v in entry["kwargs"].items()}
     return cls(rngs=training_rngs(seed), **kwargs)
 
 
-def denoiser_from_spec(spec, network):
-    """``network`` wrapped as the VE-frame denoiser the spec describes (preconditioning, or a
-    :class:`~diffusion_jax.denoisers.ProcessDenoiser` in the process's own time)."""
-    entry = _check_spec(spec)["denoiser"]
-    if entry["kind"] == "process":
-        return denoisers.ProcessDenoiser(
-            network, process_from_spec(spec), entry["parameterisation"], entry["time_scale"]
-        )
-    pre = entry["preconditioning"]
-    cls = pick(PRECONDITIONINGS, pre["name"], "preconditioning")
-    return denoisers.PreconditionedDenoiser(network, cls(**pre["kwargs"]))
+def model_from_spec(spec, network):
+    """``network`` wrapped as the model the spec describes (for the Gaussian family the VE-frame
+    denoiser: preconditioning, or a process-time network adapter)."""
+    return family_module(check_spec(spec)).model_from_spec(spec, network)
 
 
 # -- config -> objects (training) -----------------------------------------------------------------
@@ -259,17 +240,18 @@ def denoiser_from_spec(spec, network):
 
 def build_process(config):
     """The forward process named by ``config.process``."""
-    return process_from_spec(model_spec(config))
+    return process_from_entry(process_entry(config))
 
 
 def build_model(config, *, seed=None):
-    """``(network, wrap)``: the NNX network of ``config.model`` and ``wrap(network) -> denoiser``.
+    """``(network, wrap)``: the NNX network of ``config.model`` and ``wrap(network) -> model`` (the
+    denoiser for the Gaussian family).
     Also the ``build=`` callback of :func:`diffusion_jax.checkpoints.load_denoiser`."""
     config = as_config(config)
     spec = model_spec(config)
     seed = config.train.seed if seed is None else seed
     network = network_from_spec(spec, seed=seed)
-    return network, (lambda net: denoiser_from_spec(spec, net))
+    return network, (lambda net: model_from_spec(spec, net))
 
 
 def build_t_distribution(config):

@@ -14,6 +14,7 @@ from diffusion_jax.recipes.builders import (
     model_spec,
     pick,
 )
+from diffusion_jax.recipes.families import family_module
 
 __all__ = [
     "RESUMABLE_FIELDS",
@@ -36,8 +37,6 @@ RESUMABLE_FIELDS = (
 def validate_config(config):
     """One-line ``ValueError`` for settings a run cannot use, checked before anything starts
     (so a bad ``sample.sampler`` is not found only after training)."""
-    from diffusion_jax.recipes import sampling
-
     config = as_config(config)
     train = config.train
     if train.num_steps < 1:
@@ -61,11 +60,10 @@ def validate_config(config):
         raise ValueError("train.class_conditional needs data.num_classes > 0")
     if not (train.ema_half_lives or train.ema_decays):
         raise ValueError("configure at least one EMA (train.ema_half_lives or train.ema_decays)")
-    model_spec(config)  # unknown network / process / preconditioning / parameterisation
+    model_spec(config)  # unknown family / network / process / preconditioning / parameterisation
     build_t_distribution(config)
     build_weighting(config)
-    sampling.sampler_info(config.sample.sampler)
-    sampling.build_grid(config, config.sample.grid, config.sample.num_steps)
+    family_module(config).validate(config)
 
 
 def flatten(tree, prefix="") -> dict:
@@ -86,8 +84,12 @@ def _resumable(name):
 
 def config_changes(stored: dict, current: dict):
     """``(blocking, allowed)``: lists of ``(field, stored, current)`` that differ, split into
-    fields that change the model or objective and fields that do not."""
-    old, new = flatten(stored), flatten(current)
+    fields that change the model or objective and fields that do not. A field the stored config
+    lacks (added to the base config since the run started) counts as its default."""
+    from diffusion_jax.recipes.defaults import base_config
+
+    old = {**flatten(base_config().to_dict()), **flatten(stored)}
+    new = flatten(current)
     blocking, allowed = [], []
     for name in sorted(set(old) | set(new)):
         before, after = old.get(name, "<absent>"), new.get(name, "<absent>")

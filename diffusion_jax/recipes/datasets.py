@@ -35,13 +35,7 @@ def load_arrays(config):
         )
     if name == "digits":
         images, labels = data.load_digits(config.data.split)
-    else:
-        if not config.data.data_dir:
-            raise ValueError(
-                f"dataset {name!r} is read from a local TFDS directory: set "
-                "--config.data.data_dir=DIR (prepare it with `tfds build "
-                f"{name} --data_dir DIR` on a machine with network access)"
-            )
+    else:  # load_tfds says how to set data_dir and catches misspelt built-in names
         images, labels = data.load_tfds(
             name, config.data.split, data_dir=config.data.data_dir,
             image_size=config.data.image_size or None,

@@ -39,6 +39,7 @@ def base_config():
     process.sigma_data = 0.5  # trigflow
 
     config.model = model = ml_collections.ConfigDict()
+    model.family = "gaussian"  # gaussian | flow | discrete (recipes/families.py)
     model.network = "unet"  # unet | mlp
     model.preconditioning = "edm"  # edm | vp | ve | process (ProcessDenoiser: network predicts
     model.parameterisation = "x0"  # ... this in process time; with edm/vp/ve the loss is on x0)

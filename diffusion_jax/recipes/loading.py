@@ -11,7 +11,7 @@ from typing import Any
 from diffusion_jax import checkpoints
 from diffusion_jax.recipes.builders import (
     as_config,
-    denoiser_from_spec,
+    model_from_spec,
     model_spec,
     network_from_spec,
 )
@@ -70,7 +70,7 @@ def load(workdir, *, step: int | None = None, ema: bool | str = "first",
     def build_from_spec(config, spec=None):
         spec = spec_of(as_config(config), spec)
         network = network_from_spec(spec)
-        return network, (lambda net: denoiser_from_spec(spec, net))
+        return network, (lambda net: model_from_spec(spec, net))
 
     loaded = checkpoints.load_run(
         workdir, build=build or build_from_spec, ema=_ema_choice(ema), step=step,

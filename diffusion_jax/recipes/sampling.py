@@ -183,5 +183,7 @@ def save_samples(path, samples, labels, config):
         arrays["labels"] = labels
     np.savez(path, **arrays)
     png = os.path.splitext(path)[0] + ".png"
-    write_samples(samples, config, png)
+    from diffusion_jax.recipes.families import write_samples as family_write_samples
+
+    family_write_samples(samples, config, png)
     return png

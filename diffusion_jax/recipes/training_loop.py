@@ -20,8 +20,8 @@ from diffusion_jax.recipes import runtime
 from diffusion_jax.recipes.builders import COMPUTE_DTYPES, as_config, build_model, model_spec
 from diffusion_jax.recipes.config_check import check_resume_config, validate_config
 from diffusion_jax.recipes.datasets import is_whole_dataset_on_every_host, load_arrays
-from diffusion_jax.recipes.objectives import ema_schedules, make_loss_fn
-from diffusion_jax.recipes.sampling import generate, write_samples
+from diffusion_jax.recipes.families import family_module
+from diffusion_jax.recipes.objectives import ema_schedules
 from diffusion_jax.recipes.writers import MetricWriter
 
 __all__ = ["TrainResult", "check_workdir", "train"]
@@ -109,6 +109,7 @@ def train(config, workdir, *, allow_config_change: bool = False) -> TrainResult:
     validate_config(config)
     workdir = check_workdir(workdir)
     tc = config.train
+    family = family_module(config)
     primary = runtime.is_primary()
     mesh = sharding.make_mesh(tc.mesh_data, tc.mesh_model)
     local_batch = sharding.check_batch_size(tc.batch_size, mesh)
@@ -131,7 +132,7 @@ def train(config, workdir, *, allow_config_change: bool = False) -> TrainResult:
                                     allow_change=allow_config_change)
             state, _ = checkpoints.restore_train_state(manager, state, shardings=state_sharding)
             print(f"resumed from step {int(state.step)} in {workdir}", flush=True)
-        arrays = load_arrays(config)
+        arrays = (family.load_arrays or load_arrays)(config)
     except BaseException:
         manager.close()
         raise
@@ -150,7 +151,7 @@ def train(config, workdir, *, allow_config_change: bool = False) -> TrainResult:
 
     step_fn = training.make_train_step(
         parts,
-        make_loss_fn(config, wrap),
+        family.make_loss_fn(config, wrap),
         optimizer,
         ema_decays=emas,
         learning_rate=lr_schedule,
@@ -190,33 +191,39 @@ def train(config, workdir, *, allow_config_change: bool = False) -> TrainResult:
             return
         checkpoints.save(manager, state, config_dict, force=force)
 
-    def ema_denoiser():
+    def ema_model():
         return wrap(training.merge_network(parts, state.ema[next(iter(emas))], state.buffers))
 
     def write_grid(at_step):
         if jax.process_count() > 1:  # sample after training with sample.py on one host
             return
         print(f"sampling a grid of {tc.num_grid_samples} at step {at_step} ...", flush=True)
-        samples, _ = generate(ema_denoiser(), config, num_samples=tc.num_grid_samples,
-                              seed=tc.seed)
+        samples, _ = family.generate(ema_model(), config, num_samples=tc.num_grid_samples,
+                                     seed=tc.seed)
         if primary:
             path = os.path.join(workdir, "samples", f"step_{at_step:07d}.png")
-            picture = write_samples(samples, config, path)
-            writer.image(at_step, "samples", picture)
+            picture = family.write_samples(samples, config, path)
+            if picture is not None:
+                writer.image(at_step, "samples", picture)
             print(f"wrote {path}", flush=True)
 
     def evaluate(at_step):
         if jax.process_count() > 1:
             return
-        from diffusion_jax.recipes.evaluation import evaluate_samples
+        if family.FAMILY == "gaussian":
+            from diffusion_jax.recipes.evaluation import evaluate_samples
 
-        quality = evaluate_samples(
-            ema_denoiser(), config, num_samples=tc.eval_num_samples, seed=tc.seed,
-            reference_dir=os.path.join(workdir, "eval"),
-        )
+            quality = evaluate_samples(
+                ema_model(), config, num_samples=tc.eval_num_samples, seed=tc.seed,
+                reference_dir=os.path.join(workdir, "eval"),
+            )
+            keep = ("fid", "kid_mean", "precision", "recall")
+        else:
+            quality = family.evaluate(ema_model(), config, num_examples=tc.eval_num_samples,
+                                      seed=tc.seed, batch_size=tc.batch_size)
+            keep = tuple(k for k, v in quality.items() if isinstance(v, float))
         if isinstance(quality, dict):
-            scores = {f"eval/{k}": v for k, v in quality.items()
-                      if k in ("fid", "kid_mean", "precision", "recall")}
+            scores = {f"eval/{k}": v for k, v in quality.items() if k in keep}
             writer.scalars(at_step, scores)
             print(f"step {at_step:>7d}  " + "  ".join(f"{k[5:]} {v:.4g}"
                                                        for k, v in scores.items()), flush=True)
