@@ -1,0 +1,9 @@
+"""OT-CFM on the torchcfm toy protocol: exact minibatch OT coupling (Hungarian) of each batch of
+256 (Tong et al. 2023, Sec. 3.2), otherwise as ``toy2d_fm``. Library time: t = 0 data."""
+
+from configs import toy2d_fm
+
+
+def get_config():
+    """Exact minibatch OT coupling."""
+    return toy2d_fm.flow_toy_config("ot")
