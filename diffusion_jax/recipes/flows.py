@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import data
+from diffusion_jax import callables, data
 from diffusion_jax.flows import couplings, metrics, ode, paths, reflow, toy
 from diffusion_jax.recipes import datasets, sampling
 from diffusion_jax.recipes.builders import (
@@ -235,7 +235,7 @@ def _make_solve(sampler, num_steps, t_end, rtol, atol):
 
         def solve(model, x, cond):
             return ode.integrate(model, x, times, method=sampler, cond=cond)
-    return jax.jit(solve)
+    return callables.filter_jit(solve)
 
 
 def generate(model, config, *, num_samples, seed, sampler=None, num_steps=None, labels=None,
