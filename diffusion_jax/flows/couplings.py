@@ -186,13 +186,18 @@ def sinkhorn_plan(cost, epsilon, *, num_iters=200, a=None, b=None, epsilon_scali
 def sample_plan(key, plan, num_pairs, *, replace=True):
     """``(rows, cols)``: ``num_pairs`` index pairs drawn from a transport plan (torchcfm's
     ``OTPlanSampler.sample_plan``): with replacement from the flattened plan (torchcfm's
-    default), or without replacement (distinct entries, Gumbel top-k; Kool et al. 2019)."""
+    default; inverse-CDF sampling of the flattened plan), or without replacement (distinct
+    entries, Gumbel top-k; Kool et al. 2019)."""
     plan = jnp.asarray(plan)
     n, m = plan.shape
-    logits = jnp.log(jnp.maximum(jnp.reshape(plan, (-1,)), 0.0))
+    weights = jnp.maximum(jnp.reshape(plan, (-1,)), 0.0)
     if replace:
-        flat = jax.random.categorical(key, logits, shape=(num_pairs,))
+        # inverse-CDF sampling: O(n m + B log(n m)) instead of B n m Gumbel draws
+        cdf = jnp.cumsum(weights)
+        u = jax.random.uniform(key, (num_pairs,), cdf.dtype) * cdf[-1]
+        flat = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), n * m - 1)
     else:
+        logits = jnp.log(weights)
         if num_pairs > n * m:
             raise ValueError(f"cannot draw {num_pairs} distinct pairs from a {n}x{m} plan")
         gumbel = jax.random.gumbel(key, logits.shape, logits.dtype)
