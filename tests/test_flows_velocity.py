@@ -171,6 +171,20 @@ def test_plain_function_velocity_jits_and_does_not_recompile():
     np.testing.assert_allclose(x_end, jnp.exp(1.5) * jnp.ones((3, 2)), rtol=1e-4)
 
 
+@pytest.mark.parametrize("solver", [diffrax.Dopri5(), diffrax.Tsit5(), diffrax.Heun()],
+                         ids=["dopri5", "tsit5", "heun"])
+def test_adaptive_nfe_is_the_number_of_velocity_calls(solver):
+    calls = []
+
+    def field(x, t, cond=None):
+        jax.debug.callback(lambda: calls.append(1))
+        return -x * (1.0 + t)
+
+    x_end, nfe = ode.solve_adaptive(field, jnp.ones((2, 2)), solver=solver, rtol=1e-4, atol=1e-4)
+    jax.block_until_ready(x_end)
+    assert int(nfe) == len(calls)
+
+
 def test_data_time_wrapper_flips_time_and_sign():
     def fm_field(x, tau, cond=None):  # torchcfm convention: data at tau = 1
         return x * 0.0 + tau
