@@ -37,13 +37,20 @@ def test_exact_ot_in_1d_is_the_sorting_permutation_and_direction_is_data_to_sour
     assert not np.array_equal(ranks, np.argsort(np.argsort(np.asarray(x_data[:, 0]))))
 
 
-def test_exact_ot_matches_brute_force_on_small_random_costs():
+@pytest.mark.parametrize("solver", couplings.SOLVERS)
+def test_exact_ot_matches_brute_force_on_small_random_costs(solver):
     rng = np.random.default_rng(0)
+    solve = jax.jit(lambda c: couplings.exact_ot_permutation(c, solver=solver))
     for _ in range(5):
-        cost = rng.uniform(size=(6, 6))
-        perm = np.asarray(couplings.exact_ot_permutation(jnp.asarray(cost)))
+        cost = rng.uniform(size=(6, 6)).astype(np.float32)
+        perm = np.asarray(solve(jnp.asarray(cost)))
         brute = _brute_force_permutation(cost)
         assert cost[np.arange(6), perm].sum() == pytest.approx(cost[np.arange(6), brute].sum())
+    # vmapped (blockwise) solves agree between the two solvers
+    costs = jnp.asarray(rng.uniform(size=(3, 16, 16)), jnp.float32)
+    np.testing.assert_array_equal(
+        jax.vmap(lambda c: couplings.exact_ot_permutation(c, solver=solver))(costs),
+        jax.vmap(couplings.exact_ot_permutation)(costs))
 
 
 def test_sinkhorn_plan_tends_to_the_exact_plan_and_has_uniform_marginals(x64):
@@ -170,6 +177,8 @@ def test_bad_input_gets_one_line_errors():
         couplings.ot_coupling(x, jnp.zeros((4, 3)))
     with pytest.raises(ValueError, match="integer labels"):
         couplings.ot_coupling(x, x, cond=jnp.zeros(4))
+    with pytest.raises(ValueError, match="unknown OT solver"):
+        couplings.ot_coupling(x, x, solver="lemon")
     with pytest.raises(ValueError, match="unknown coupling"):
         couplings.make_coupling("emd")
     with pytest.raises(ValueError, match="pass a key"):

@@ -126,14 +126,38 @@ def condition_cost(cond_data, cond_source, *, weight=None):
     return weight * squared_distances(c_data, c_source)
 
 
-def exact_ot_permutation(cost):
-    """The permutation ``perm`` minimising ``sum_i cost[i, perm[i]]`` (exact assignment, Kuhn
-    1955, via ``optax.assignment.hungarian_algorithm``; jittable). Row ``i`` pairs with column
-    ``perm[i]``. ``cost`` must be square."""
+SOLVERS = ("hungarian", "scipy")
+
+
+def _scipy_permutation(cost):
+    import scipy.optimize
+
+    rows, cols = scipy.optimize.linear_sum_assignment(np.asarray(cost))
+    perm = np.empty(cost.shape[0], np.int32)
+    perm[rows] = cols
+    return perm
+
+
+def exact_ot_permutation(cost, *, solver="hungarian"):
+    """The permutation ``perm`` minimising ``sum_i cost[i, perm[i]]``; row ``i`` pairs with column
+    ``perm[i]``; ``cost`` must be square. Both solvers are exact and jittable:
+
+    * ``"hungarian"``: ``optax.assignment.hungarian_algorithm`` (Kuhn 1955), pure JAX, runs on
+      any device;
+    * ``"scipy"``: ``scipy.optimize.linear_sum_assignment`` (Crouse 2016, shortest augmenting
+      paths) through ``jax.pure_callback`` on the host; 15-25x faster on CPU at batch 256-2048
+      (benchmarks/flows.py), no gradient (a permutation has none).
+    """
     cost = jnp.asarray(cost)
     if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
         raise ValueError(f"exact OT needs a square cost matrix; got shape {cost.shape}")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown OT solver {solver!r}; expected one of {SOLVERS}")
     _check_finite_cost(cost)
+    if solver == "scipy":
+        shape = jax.ShapeDtypeStruct((cost.shape[0],), jnp.int32)
+        return jax.pure_callback(_scipy_permutation, shape, jax.lax.stop_gradient(cost),
+                                 vmap_method="sequential")
     rows, cols = hungarian_algorithm(cost)
     return jnp.zeros(cost.shape[0], jnp.int32).at[rows].set(cols.astype(jnp.int32))
 
@@ -205,7 +229,7 @@ def sample_plan(key, plan, num_pairs, *, replace=True):
     return flat // m, flat % m
 
 
-def permutation_from_plan(plan, key=None):
+def permutation_from_plan(plan, key=None, *, solver="hungarian"):
     """A permutation from a square plan: the assignment maximising ``sum_i log P[i, perm[i]]``
     (the most likely permutation; the exact OT permutation when ``P`` is an exact OT plan), or
     with ``key`` a Gumbel-perturbed one (perturb-and-MAP, Papandreou & Yuille 2011), a random
@@ -213,7 +237,7 @@ def permutation_from_plan(plan, key=None):
     log_plan = jnp.log(jnp.maximum(jnp.asarray(plan), 1e-30))
     if key is not None:
         log_plan = log_plan + jax.random.gumbel(key, log_plan.shape, log_plan.dtype)
-    return exact_ot_permutation(-log_plan)
+    return exact_ot_permutation(-log_plan, solver=solver)
 
 
 def _blockwise(pair_fn, x_data, x_source, cond, key, num_blocks):
@@ -262,7 +286,8 @@ def _pair_cost(x_data, x_source, cond, condition_weight):
     return cost + term
 
 
-def ot_coupling(x_data, x_source, key=None, cond=None, *, condition_weight=None, num_blocks=1):
+def ot_coupling(x_data, x_source, key=None, cond=None, *, condition_weight=None, num_blocks=1,
+                solver="hungarian"):
     """Exact minibatch OT coupling for the squared Euclidean cost (Tong et al. 2023, OT-CFM;
     Pooladian et al. 2023): ``x_source`` is permuted so that ``sum_i ||x_data[i] -
     x_source[perm[i]]||^2`` is minimal (Hungarian algorithm, jittable).
@@ -270,13 +295,13 @@ def ot_coupling(x_data, x_source, key=None, cond=None, *, condition_weight=None,
     With ``cond`` (one condition per data point) the coupling is condition-aware (C2OT, Cheng &
     Schwing 2025): integer labels pair only within a class (``condition_weight=None``), or a
     continuous condition adds ``condition_weight ||c_i - c_j||^2`` to the cost. ``num_blocks``:
-    see the module note on sharding. Returns ``(x_data, x_source[perm], cond)``.
+    see the module note on sharding; ``solver``: see :func:`exact_ot_permutation`. Returns ``(x_data, x_source[perm], cond)``.
     """
     del key
     x_data, x_source, cond = check_pair_batches(x_data, x_source, cond)
 
     def pair(xd, xs, c, _):
-        perm = exact_ot_permutation(_pair_cost(xd, xs, c, condition_weight))
+        perm = exact_ot_permutation(_pair_cost(xd, xs, c, condition_weight), solver=solver)
         return xd, xs[perm], c
 
     return _blockwise(pair, x_data, x_source, cond, None, num_blocks)

@@ -120,7 +120,7 @@ def _coupling(config):
     if name in ("pairs", "independent"):
         return couplings.independent_coupling
     if name == "ot":
-        return couplings.make_coupling("ot", num_blocks=flow.num_blocks)
+        return couplings.make_coupling("ot", num_blocks=flow.num_blocks, solver=flow.ot_solver)
     if name == "sinkhorn":
         return couplings.make_coupling(
             "sinkhorn", epsilon=_sinkhorn_epsilon(flow), num_iters=flow.sinkhorn_iters,
@@ -329,6 +329,9 @@ def validate(config):
                          f"{list(SAMPLERS)}")
     if flow.coupling == "sinkhorn":
         _sinkhorn_epsilon(flow)
+    if flow.ot_solver not in couplings.SOLVERS:
+        raise ValueError(f"unknown flow.ot_solver {flow.ot_solver!r}; expected one of "
+                         f"{list(couplings.SOLVERS)}")
     if flow.coupling == "teacher" and not flow.teacher_workdir:
         raise ValueError("flow.coupling = 'teacher' needs flow.teacher_workdir")
     if flow.coupling == "pairs" and not (flow.pairs_dir or flow.teacher_workdir):

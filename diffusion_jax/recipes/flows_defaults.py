@@ -23,6 +23,7 @@ def add_defaults(config):
     flow.sinkhorn_iters = 100
     flow.sample_replace = True  # sinkhorn: draw pairs from the plan with replacement (torchcfm)
     flow.condition_aware = True  # class-conditional OT pairs only within a class (C2OT)
+    flow.ot_solver = "hungarian"  # hungarian (pure JAX, any device) | scipy (host, faster on CPU)
     flow.num_blocks = 1  # couple B / num_blocks rows at a time (per device when aligned)
     flow.t_min = 0.0  # t ~ U[t_min, 1 - t_min]
     flow.time_scale = 1.0  # the network sees c_noise = time_scale * t
