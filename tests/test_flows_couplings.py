@@ -92,7 +92,7 @@ def test_sampled_plan_marginals_are_uniform_and_permutation_from_exact_plan():
 
 def test_minibatch_ot_pairs_approach_the_gaussian_monge_map(x64):
     """Between two Gaussians the OT map is T(x) = m_b + A (x - m_a); the minibatch pairs' mean
-    squared deviation from it falls with the batch size (measured slope ~ -0.5 to -0.6 in 2-D)."""
+    squared deviation from it falls with the batch size (measured slope -0.68 in 2-D)."""
     cov_a = jnp.array([[1.0, 0.3], [0.3, 0.5]])
     cov_b = jnp.array([[0.4, -0.1], [-0.1, 2.0]])
     mean_a, mean_b = jnp.array([0.0, 1.0]), jnp.array([2.0, -1.0])
@@ -107,12 +107,12 @@ def test_minibatch_ot_pairs_approach_the_gaussian_monge_map(x64):
             ka, kb = jax.random.split(jax.random.key(seed))
             xa = mean_a + jax.random.normal(ka, (n, 2), jnp.float64) @ chol_a.T
             xb = mean_b + jax.random.normal(kb, (n, 2), jnp.float64) @ chol_b.T
-            _, paired, _ = couplings.ot_coupling(xa, xb)
+            _, paired, _ = couplings.ot_coupling(xa, xb, solver="scipy")
             target = mean_b + (xa - mean_a) @ matrix.T
             values.append(float(jnp.mean(jnp.sum((paired - target) ** 2, -1))))
         deviations.append(np.mean(values))
     slope = np.polyfit(np.log(sizes), np.log(deviations), 1)[0]
-    print("monge-map deviation", dict(zip(sizes, deviations, strict=True)), "slope", slope)
+    # measured: 0.49, 0.22, 0.075 at n = 32, 128, 512 (slope -0.68)
     assert deviations[0] > deviations[1] > deviations[2]
     assert -0.9 < slope < -0.3, (deviations, slope)
 
