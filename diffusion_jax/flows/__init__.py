@@ -9,7 +9,17 @@ Time convention throughout (this library's): **t = 0 is data, t = 1 is the sourc
 flow-matching papers' time is ``1 - t`` and their velocity is minus ours.
 """
 
-from diffusion_jax.flows import couplings, gaussian, likelihood, metrics, ode, paths, toy, velocity
+from diffusion_jax.flows import (
+    couplings,
+    gaussian,
+    likelihood,
+    metrics,
+    ode,
+    paths,
+    reflow,
+    toy,
+    velocity,
+)
 from diffusion_jax.flows.couplings import (
     COUPLINGS,
     exact_ot_permutation,
@@ -43,6 +53,7 @@ __all__ = [
     "ode",
     "ot_coupling",
     "paths",
+    "reflow",
     "sample_plan",
     "sinkhorn_coupling",
     "sinkhorn_plan",
