@@ -24,11 +24,10 @@ and flow matching", eq. 8-9: score loss weighted by ``lambda(t)^2 = gamma(t)^2``
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.flows._pytree import frozen_pytree
 from diffusion_jax.processes import Process, RectifiedFlow, _broadcast_like
 
 __all__ = [
@@ -43,17 +42,11 @@ __all__ = [
 _ENDPOINT_FLOOR = 1e-8  # t (1 - t) floor in the Brownian bridge's derivative
 
 
-def _pytree(cls):
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    return jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
-
-
 def _unit_time(t, t_max):
     return jnp.asarray(t) / t_max
 
 
-@_pytree
+@frozen_pytree
 class BrownianBridgeNoise:
     """``gamma(t) = sigma sqrt(s (1 - s))`` with ``s = t / t_max`` (Brownian bridge; SB-CFM, Tong
     et al. 2023, Sec. 3.4). ``gamma'`` diverges at the endpoints; ``s (1 - s)`` is floored at
@@ -72,7 +65,7 @@ class BrownianBridgeNoise:
         return self.sigma * (1.0 - 2.0 * s) / (2.0 * jnp.sqrt(product)) / self.t_max
 
 
-@_pytree
+@frozen_pytree
 class QuadraticNoise:
     """``gamma(t) = scale s (1 - s)``, ``s = t / t_max``: a smooth noise term that vanishes at both
     ends (Albergo, Boffi & Vanden-Eijnden 2023, Sec. 3.4, ``gamma = sqrt(a) t (1 - t)``)."""

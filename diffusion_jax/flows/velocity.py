@@ -21,12 +21,10 @@ denoiser at ``alpha(t) = 0``.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-import jax
-
 from diffusion_jax.denoisers import ProcessDenoiser, ProcessModel, convert
+from diffusion_jax.flows._pytree import frozen_pytree
 from diffusion_jax.processes import Process
 
 __all__ = [
@@ -37,13 +35,7 @@ __all__ = [
 ]
 
 
-def _pytree(cls):
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    return jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
-
-
-@_pytree
+@frozen_pytree
 class DenoiserVelocity:
     """A VE-frame denoiser as the velocity of ``process`` (library time, t = 0 data):
     ``v(x_t, t) = alpha'(t) x0_hat + sigma'(t) eps_hat`` with ``x0_hat = D(x_t / alpha,
@@ -58,7 +50,7 @@ class DenoiserVelocity:
         return convert(x0, "x0", "velocity", x, t, self.process)
 
 
-@_pytree
+@frozen_pytree
 class DataTimeVelocity:
     """A field written in the flow-matching papers' time (data at ``tau = 1``, source at 0) as a
     velocity of this library: ``velocity(x, t) = -field(x, 1 - t)``."""
