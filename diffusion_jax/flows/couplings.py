@@ -12,10 +12,16 @@ their conditions) keep their order, the source batch is permuted.
 
 Sharding: under ``jax.jit`` with the batch sharded over a mesh, every coupling here is *global*:
 the cost matrix is the full ``(B, B)`` matrix of the global batch, and XLA gathers what it needs
-(the Hungarian solve runs replicated). ``num_blocks = k`` instead couples ``k`` independent
-contiguous blocks of ``B / k`` rows (as torchcfm does per GPU under DDP): with ``k`` equal to the
-number of data shards and the blocks aligned with them, each device solves its own block, at a
-cost of ``k (B/k)^3`` instead of ``B^3``; pairs never cross a block.
+(the Hungarian solve runs replicated; the ``scipy`` solver gathers the cost to the host).
+``num_blocks = k`` instead couples ``k`` independent contiguous blocks of ``B / k`` rows (as
+torchcfm does per GPU under DDP): the blocks are a vmapped leading axis, so with ``k`` equal to
+the number of data shards they line up with the devices' rows and the partitioner can solve each
+on its own device, at a cost of ``k (B/k)^3`` instead of ``B^3``; pairs never cross a block
+(tests/test_flows_couplings.py checks both modes on 8 host devices against 1-device solves).
+
+Sinkhorn is written here (30 lines, log domain, fixed iterations) rather than taken from ott-jax:
+ott-jax 0.6.0 does run on jax 0.10.2 and 0.12 (checked: plans agree to 8e-12 at epsilon 1), but
+it pulls in jaxopt, which is no longer maintained, for one small function.
 
 Sources: exact minibatch OT (Tong et al. 2023, "Improving and generalizing flow-based generative
 models with minibatch optimal transport", Sec. 3.2; Pooladian et al. 2023, "Multisample flow
