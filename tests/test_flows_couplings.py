@@ -130,6 +130,10 @@ def test_condition_aware_ot_pairs_within_a_class():
                              for p in np.asarray(paired_source)])
     assert sorted(source_index) == list(range(32))
     np.testing.assert_array_equal(np.asarray(labels)[source_index], np.asarray(labels))
+    # a continuous condition with a large weight gives the same within-class pairing
+    _, weighted, _ = couplings.ot_coupling(x_data, x_source, cond=labels.astype(jnp.float32)[:, None],
+                                           condition_weight=1e4)
+    np.testing.assert_allclose(weighted, paired_source)
     # plain OT crosses classes on the same batch
     _, plain, _ = couplings.ot_coupling(x_data, x_source)
     plain_index = np.array([int(np.argmin(np.sum((np.asarray(x_source) - p) ** 2, -1)))
