@@ -10,6 +10,8 @@
 2. Coupling cost and time per batch of the exact assignment (optax Hungarian in JAX, scipy on
    the host) vs Sinkhorn (epsilon 0.5, 100 iterations) at ``--ot_sizes``; the train-step
    overhead of OT relative to the independent coupling is the ratio of the runs' train seconds.
+3. ``--digits``: one-step FID (bundled digits classifier) of 1-RF vs 2-RF on 8x8 digits
+   (``benchmarks/results/flows_digits.json``).
 
 ``python benchmarks/flows.py --train_steps 20000 --seeds 0,1,2`` (protocol size; long on a
 2-core CPU); results go to ``benchmarks/results/flows.json``. Library time: t = 0 data.
@@ -43,6 +45,12 @@ flags.DEFINE_string("ot_sizes", "256,1024,4096", "batch sizes of the coupling ti
 flags.DEFINE_integer("num_pairs", 65536, "reflow pairs from the FM teacher")
 flags.DEFINE_string("output", "benchmarks/results/flows.json", "JSON output")
 flags.DEFINE_string("workdir", "", "where runs go (default: a temporary directory)")
+flags.DEFINE_bool("digits", False, "run only the digits 1-RF vs 2-RF one-step FID comparison")
+flags.DEFINE_integer("digits_rf1_steps", 1600, "digits_rf1 training steps")
+flags.DEFINE_integer("digits_rf2_steps", 1000, "digits_rf2 training steps")
+flags.DEFINE_integer("digits_pairs", 4096, "reflow pairs from the digits_rf1 run")
+flags.DEFINE_integer("digits_eval", 1000, "samples per FID")
+flags.DEFINE_string("digits_output", "benchmarks/results/flows_digits.json", "JSON output")
 
 CONFIGS = {"fm": "toy2d_fm", "otcfm": "toy2d_otcfm", "sbcfm": "toy2d_sbcfm",
            "reflow": "toy2d_reflow"}
@@ -157,9 +165,39 @@ def _coupling_table():
     return rows
 
 
+def _digits(root):
+    """1-RF (``configs/digits_rf1.py``) vs 2-RF (``digits_rf2.py`` on RK4 pairs of it): FID of
+    one Euler step and of Dopri5 with the bundled digits classifier, straightness, endpoint gap."""
+    report = {}
+    rf1_dir, rf2_dir, pairs = (os.path.join(root, n) for n in ("rf1", "rf2", "pairs"))
+    config = recipes.load_config(os.path.join(ROOT, "configs", "digits_rf1.py"), {
+        "train.num_steps": FLAGS.digits_rf1_steps, "train.sample_every": 0,
+        "train.checkpoint_every": FLAGS.digits_rf1_steps})
+    recipes.train(config, rf1_dir)
+    teacher, teacher_config = _load(rf1_dir)
+    report["rf1"] = flow_recipe.evaluate(teacher, teacher_config, num_examples=FLAGS.digits_eval,
+                                         seed=0, batch_size=250)
+    flow_recipe.write_reflow_pairs(teacher, teacher_config, pairs, num_pairs=FLAGS.digits_pairs,
+                                   shard_size=1024, sampler="rk4", num_steps=16,
+                                   teacher_id=rf1_dir)
+    config = recipes.load_config(os.path.join(ROOT, "configs", "digits_rf2.py"), {
+        "flow.pairs_dir": pairs, "train.num_steps": FLAGS.digits_rf2_steps,
+        "train.sample_every": 0, "train.checkpoint_every": FLAGS.digits_rf2_steps})
+    recipes.train(config, rf2_dir)
+    student, student_config = _load(rf2_dir)
+    report["rf2"] = flow_recipe.evaluate(student, student_config, num_examples=FLAGS.digits_eval,
+                                         seed=0, batch_size=250)
+    print("digits", json.dumps(report), flush=True)
+    with open(FLAGS.digits_output, "w") as handle:
+        json.dump(report, handle, indent=1)
+
+
 def main(argv):
     del argv
     root = FLAGS.workdir or tempfile.mkdtemp(prefix="flows_bench_")
+    if FLAGS.digits:
+        _digits(root)
+        return
     results = {"device": str(jax.devices()[0]), "train_steps": FLAGS.train_steps,
                "seeds": FLAGS.seeds, "num_eval": FLAGS.num_eval, "num_pairs": FLAGS.num_pairs}
     results["couplings"] = _coupling_table()
