@@ -4,14 +4,11 @@ scikit-learn's 8x8 digits with the small U-Net of ``digits_edm`` (Liu et al. 202
 --workdir runs/digits_rf1``."""
 
 from configs import base
-from diffusion_jax.recipes import flows_defaults
 
 
 def get_config():
     """Digits, rectified flow, class-conditional U-Net."""
     config = base.get_config()
-    with config.unlocked():
-        flows_defaults.add_defaults(config)
     config.model.family = "flow"
     config.data.name = "digits"
     config.data.shape = (8, 8, 1)

@@ -7,14 +7,11 @@ Sec. 5.1; REFERENCES 4.2). Library time: t = 0 data (moons), t = 1 source (8 Gau
 --output OUT.npz`` (the .npz holds the points under ``samples``)."""
 
 from configs import base
-from diffusion_jax.recipes import flows_defaults
 
 
 def flow_toy_config(coupling="independent"):
     """The shared toy settings of the flow configs."""
     config = base.get_config()
-    with config.unlocked():
-        flows_defaults.add_defaults(config)
     config.model.family = "flow"
     config.data.name = "moons_torchcfm"
     config.data.shape = (2,)

@@ -151,7 +151,8 @@ def _hutchinson_vector_field(denoiser, u, state, cond, probes):
 def _solve_batch(
     denoiser, x, cond, probes, u0, u1, rtol, atol, *, solver, exact, num_steps, max_steps, adjoint
 ):
-    """One Diffrax solve per example (``vmap``): ``(x(sigma_max), int div, attempted steps)``.
+    """One Diffrax solve per example (``vmap``; adaptive steps are chosen per example) or, with
+    fixed steps, one solve of the batch: ``(x(sigma_max), int div, attempted steps)``.
     ``eqx.filter_jit``: the denoiser's arrays are traced, its static rest (a plain function, a
     network graph) and the solver options are compile-time constants."""
     if num_steps is None:
@@ -163,6 +164,21 @@ def _solve_batch(
     field, arrays = split_vector_field(
         _exact_vector_field if exact else _hutchinson_vector_field, denoiser
     )
+    if num_steps is not None:
+        # fixed steps: one solve of the whole batch with the per-example field vmapped inside is
+        # the same computation as one solve per example, and keeps vmap away from the adjoint's
+        # custom_vjp (jax >= 0.12 rejects its cotangent for parameters shared by the batch)
+        def batched_field(u, state, args):
+            arrays_, cond_, probes_ = args
+            return jax.vmap(lambda y, c, p: field(u, y, (arrays_, c, p)))(state, cond_, probes_)
+
+        solution = diffrax.diffeqsolve(
+            diffrax.ODETerm(batched_field), solver, t0=u0, t1=u1, dt0=dt0,
+            y0=(x, jnp.zeros(x.shape[:1], x.dtype)), args=(arrays, cond, probes),
+            stepsize_controller=controller, max_steps=max_steps, adjoint=adjoint,
+        )
+        steps = jnp.broadcast_to(solution.stats["num_steps"], x.shape[:1])
+        return solution.ys[0][-1], solution.ys[1][-1], steps
     term = diffrax.ODETerm(field)
 
     def solve_one(x_single, cond_single, probes_single):

@@ -232,5 +232,7 @@ def test_load_config_applies_overrides_and_rejects_unknown_fields():
     assert parsed.train.num_steps == 12 and parsed.model.channel_multipliers == (1, 2, 2)
     assert parsed.optim.learning_rate == 1.0 and isinstance(parsed.optim.learning_rate, float)
     assert parsed.process.name == "vp" and parsed.data.random_flip is True
-    with pytest.raises(ValueError, match="bad value"):
+    with pytest.raises(ValueError, match="cannot parse 'ten'"):
         _config("tiny", **{"train.num_steps": "ten"})
+    with pytest.raises(ValueError, match="bad value"):
+        _config("tiny", **{"train.num_steps": "2.5"})

@@ -16,7 +16,7 @@ import traceback
 
 import ml_collections
 
-from diffusion_jax.recipes import discrete_defaults
+from diffusion_jax.recipes import discrete_defaults, flows_defaults
 
 __all__ = ["base_config", "load_config", "parse_overrides"]
 
@@ -119,6 +119,7 @@ def base_config():
     eval_.num_projections = 128  # sliced Wasserstein distance for toy data
 
     discrete_defaults.add_defaults(config)  # config.discrete: the discrete family's settings
+    flows_defaults.add_defaults(config)  # config.flow: the flow family's settings
     config.lock()
     return config
 
