@@ -29,14 +29,13 @@ into array leaves (traced, differentiated) and static rest (:mod:`diffusion_jax.
 from __future__ import annotations
 
 import abc
-import dataclasses
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from diffusion_jax.processes import Process, _broadcast_like, check_sigma
+from diffusion_jax.pytrees import frozen_pytree as _pytree
 
 __all__ = [
     "PARAMETERISATIONS",
@@ -62,11 +61,7 @@ __all__ = [
     "probability_flow_derivative",
 ]
 
-def _pytree(cls, meta=()):
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    data = [n for n in names if n not in meta]
-    return jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=list(meta))
+
 
 
 # -- parameterisations as small objects (like the weightings of schedules.py) --------------------
@@ -354,7 +349,7 @@ class PreconditionedDenoiser:
         return _broadcast_like(c_skip, x) * x + _broadcast_like(c_out, x) * output.astype(x.dtype)
 
 
-@functools.partial(_pytree, meta=("parameterisation",))
+@_pytree(meta=("parameterisation",))
 class ProcessDenoiser:
     """Adapter: a network trained in a process's own frame and time, as a VE-frame denoiser.
 

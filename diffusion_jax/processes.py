@@ -32,13 +32,14 @@ pass through ``jit``, ``vmap`` and ``grad``.
 from __future__ import annotations
 
 import abc
-import dataclasses
 import math
 import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from diffusion_jax.pytrees import frozen_pytree as _pytree
 
 __all__ = [
     "Process",
@@ -59,11 +60,7 @@ __all__ = [
 ]
 
 
-def _pytree(cls):
-    """Freeze ``cls`` and register every field as a pytree leaf."""
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    return jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
+
 
 
 def _broadcast_like(coefficient, x):

@@ -15,15 +15,13 @@ any other parameterisation via :func:`diffusion_jax.denoisers.x0_error_scale`. S
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtri
 
 from diffusion_jax.denoisers import check_parameterisation, x0_error_scale
 from diffusion_jax.processes import Process
+from diffusion_jax.pytrees import frozen_pytree as _pytree
 from diffusion_jax.samplers.grids import karras_levels
 
 __all__ = [
@@ -51,14 +49,7 @@ __all__ = [
 STRATIFICATIONS = ("iid", "stratified", "shifted_grid")
 
 
-def _pytree(cls=None, *, meta=()):
-    if cls is None:
-        return functools.partial(_pytree, meta=meta)
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    return jax.tree_util.register_dataclass(
-        cls, data_fields=[n for n in names if n not in meta], meta_fields=list(meta)
-    )
+
 
 
 def uniform_draws(key, num_samples, stratification="iid", dtype=jnp.float32):

@@ -9,7 +9,7 @@ PACKAGE = os.path.join(ROOT, "diffusion_jax")
 
 # lowest first; a module may import only from its own layer or the layers below
 LAYERS = {
-    "infrastructure": ("callables", "typing", "networks", "data", "training", "sharding",
+    "infrastructure": ("callables", "pytrees", "typing", "networks", "data", "training", "sharding",
                        "checkpoints", "runlock", "metrics"),
     "core": ("processes", "denoisers", "schedules", "losses", "samplers", "likelihood",
              "guidance", "analytic", "learned_schedule"),

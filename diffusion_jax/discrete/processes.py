@@ -21,7 +21,6 @@ labels; the D3PM code calls the noisy states ``x_0..x_{T-1}``). ``MaskedDiffusio
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.discrete.categorical import categorical, pad_to_states
+from diffusion_jax.pytrees import frozen_pytree as _pytree
 
 __all__ = [
     "BETA_SCHEDULES",
@@ -50,16 +50,7 @@ KAPPA_SCHEDULES = ("linear", "cosine", "polynomial")
 SOURCES = ("mask", "uniform")
 
 
-def _pytree(meta):
-    """Freeze ``cls``; fields in ``meta`` are static, the rest are pytree leaves."""
 
-    def wrap(cls):
-        cls = dataclasses.dataclass(frozen=True)(cls)
-        names = [f.name for f in dataclasses.fields(cls)]
-        data = [n for n in names if n not in meta]
-        return jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=list(meta))
-
-    return wrap
 
 
 def _check_classes(num_classes):

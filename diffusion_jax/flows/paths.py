@@ -27,8 +27,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.flows._pytree import frozen_pytree
 from diffusion_jax.processes import Process, RectifiedFlow, _broadcast_like
+from diffusion_jax.pytrees import frozen_pytree
 
 __all__ = [
     "BrownianBridgeNoise",

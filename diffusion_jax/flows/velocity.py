@@ -24,8 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 from diffusion_jax.denoisers import ProcessDenoiser, ProcessModel, convert
-from diffusion_jax.flows._pytree import frozen_pytree
 from diffusion_jax.processes import Process
+from diffusion_jax.pytrees import frozen_pytree
 
 __all__ = [
     "DenoiserVelocity",
