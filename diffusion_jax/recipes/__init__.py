@@ -9,7 +9,7 @@ it directly::
     import jax
     from diffusion_jax import recipes
     run = recipes.load("runs/digits")               # any directory, the installed package alone
-    x0 = jax.jit(lambda noise: samplers.heun(run.denoiser, noise, sigmas))(noise)
+    x0 = jax.jit(samplers.heun)(run.denoiser, noise, sigmas)   # the model as an argument
 
 The core below (processes, denoisers, samplers, losses, likelihood, ...) never takes a config.
 """
