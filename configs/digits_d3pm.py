@@ -1,26 +1,16 @@
 """D3PM (absorbing, jsd schedule, hybrid loss lambda = 0.001) on scikit-learn's digits as
 17-level categorical 8x8 images, a small token transformer, CPU-sized."""
 
-from configs import base
+from configs import digits_masked
 
 
 def get_config():
-    config = base.get_config()
-    config.model.family = "discrete"
-    config.data.name = "digits"
-    config.data.shape = (8, 8)
-    config.data.num_classes = 10
+    """``digits_masked`` with the D3PM absorbing process (time-conditioned network)."""
+    config = digits_masked.get_config()
     config.discrete.process = "d3pm"
     config.discrete.d3pm_kind = "absorbing"
     config.discrete.num_timesteps = 250
     config.discrete.hybrid_coeff = 0.001
-    config.model.hidden_dim = 128
-    config.model.num_layers = 4
-    config.optim.learning_rate = 1e-3
-    config.train.num_steps = 3000
-    config.train.batch_size = 64
-    config.train.ema_half_lives = (20000.0,)
-    config.train.sample_every = 1500
-    config.train.checkpoint_every = 1500
-    config.train.num_grid_samples = 64
+    config.discrete.time_conditioning = True
+    config.discrete.sample_steps = 128  # unused by D3PM (it always takes T steps)
     return config
