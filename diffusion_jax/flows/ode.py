@@ -26,6 +26,7 @@ import numpy as np
 
 from diffusion_jax import callables
 from diffusion_jax.processes import _broadcast_like
+from diffusion_jax.samplers.diffrax_solvers import check_batched_float
 
 __all__ = [
     "Method",
@@ -98,15 +99,6 @@ def time_grid(num_steps, *, t_start=1.0, t_end=0.0, dtype=jnp.float32):
     return jnp.linspace(t_start, t_end, num_steps + 1, dtype=dtype)
 
 
-def _check_start(x):
-    x = jnp.asarray(x)
-    if x.ndim < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(
-            f"x must be a floating array with a batch axis (batch, ...); got {x.dtype}{x.shape}"
-        )
-    return x
-
-
 def _check_times(times, dtype):
     times = jnp.asarray(times)
     if times.ndim != 1 or times.shape[0] < 2:
@@ -131,7 +123,7 @@ def integrate(velocity, x, times, *, method="euler", cond=None, return_trajector
     """
     if method not in _STEPS:
         raise ValueError(f"unknown ODE method {method!r}; expected one of {sorted(_STEPS)}")
-    x = _check_start(x)
+    x = check_batched_float(x, "x")
     times = _check_times(times, x.dtype)
     step_fn = _STEPS[method]
 
@@ -164,7 +156,7 @@ def solve_adaptive(
 
     Returns ``(x_end, nfe)`` with ``nfe`` the vector-field evaluations of the solve.
     """
-    x = _check_start(x)
+    x = check_batched_float(x, "x")
     solver = diffrax.Dopri5() if solver is None else solver
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     arrays, static = callables.split(velocity)

@@ -56,13 +56,13 @@ def _check_levels(sigma_max, sigma_min):
         raise ValueError(f"need 0 < sigma_min < sigma_max < inf; got {low}, {high}")
 
 
-def _check_noise(noise):
-    noise = jnp.asarray(noise)
-    if noise.ndim < 2 or not jnp.issubdtype(noise.dtype, jnp.floating):
-        raise ValueError(
-            f"noise must be a floating array (batch, ...); got {noise.dtype}{noise.shape}"
-        )
-    return noise
+def check_batched_float(x, name="noise"):
+    """``x`` as an array; one-line error unless it is floating with a batch axis."""
+    x = jnp.asarray(x)
+    if x.ndim < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{name} must be a floating array with a batch axis (batch, ...); got "
+                         f"{x.dtype}{x.shape}")
+    return x
 
 
 def check_positive(value, name):
@@ -169,7 +169,7 @@ def solve_probability_flow(
     Returns ``(x0, nfe)``: ``nfe`` is :func:`num_function_evaluations` of the attempted steps
     (+1 with ``denoise_final``), equal to the denoiser calls made.
     """
-    noise = _check_noise(noise)
+    noise = check_batched_float(noise)
     _check_levels(sigma_max, sigma_min)
     check_positive_int(max_steps, "max_steps")
     solver = diffrax.Tsit5() if solver is None else solver
@@ -269,7 +269,7 @@ def solve_reverse_sde(
     Returns ``(x0, nfe)`` with ``nfe`` the denoiser calls (:func:`num_function_evaluations`).
     """
     check_key(key, "solve_reverse_sde")
-    noise = _check_noise(noise)
+    noise = check_batched_float(noise)
     if sigmas is None:
         _check_levels(sigma_max, sigma_min)
         check_positive_int(num_steps, "num_steps")
