@@ -13,10 +13,10 @@ __all__ = ["load_arrays", "load_split", "preprocess", "is_whole_dataset_on_every
 
 
 def is_whole_dataset_on_every_host(config) -> bool:
-    """Toy sets and digits are small: every process holds all of it and takes its rows of each
+    """Toy sets and digits (8x8, 32x32) are small: every process holds all of it and takes its rows of each
     global batch; a TFDS set is sharded over processes."""
     name = as_config(config).data.name
-    return name in data.TOY_DATASETS or name == "digits"
+    return name in data.TOY_DATASETS or name in ("digits", "digits32")
 
 
 def load_arrays(config):
@@ -35,6 +35,8 @@ def load_arrays(config):
         )
     if name == "digits":
         images, labels = data.load_digits(config.data.split)
+    elif name == "digits32":
+        images, labels = data.load_digits32(config.data.split)
     else:  # load_tfds says how to set data_dir and catches misspelt built-in names
         images, labels = data.load_tfds(
             name, config.data.split, data_dir=config.data.data_dir,
