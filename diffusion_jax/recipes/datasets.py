@@ -66,11 +66,16 @@ def load_split(config, split):
 def preprocess(batch, key, *, image: bool, random_flip: bool = False):
     """Model-range float data: uniform dequantisation ``(x_uint8 + U[0,1)) / 256`` then
     ``[0, 1) -> [-1, 1]`` for images (Theis et al. 2016; Ho et al. 2020), with optional random
-    horizontal flips (Song et al. 2021, App. H); toy data as is."""
-    if not image:
+    horizontal flips (Song et al. 2021, App. H); toy data as is. A codec's latents
+    (``{"latent": float}``, the latent family) are not pixels: they pass through untouched
+    (flipped only with ``random_flip``)."""
+    if not image and "latent" not in batch:
         return batch["x"]
     dequant_key, flip_key = jax.random.split(key)
-    x = data.to_model_range(data.dequantize(batch["image"], dequant_key))
+    if "latent" in batch:
+        x = batch["latent"]
+    else:
+        x = data.to_model_range(data.dequantize(batch["image"], dequant_key))
     if random_flip:
         flip = jax.random.bernoulli(flip_key, 0.5, (x.shape[0], 1, 1, 1))
         x = jnp.where(flip, x[:, :, ::-1, :], x)
