@@ -169,3 +169,32 @@ def test_bad_input_gets_one_line_errors(runs):
         recipe.model_from_spec(spec, None)
     with pytest.raises(FileNotFoundError, match="is missing"):
         recipe.load_autoencoder("/nonexistent/autoencoder", 4, "first")
+
+
+@pytest.mark.parametrize("overrides", [
+    {"process.name": "rectified_flow", "model.preconditioning": "process",
+     "model.parameterisation": "velocity", "model.time_scale": 1000.0,
+     "loss.name": "flow_matching", "loss.t_distribution": "logit_normal", "loss.p_mean": 0.0,
+     "loss.p_std": 1.0, "sample.sampler": "euler", "sample.grid": "time_uniform"},
+    {"process.name": "vp", "model.preconditioning": "vp", "loss.weighting": "epsilon",
+     "loss.t_distribution": "uniform", "sample.sampler": "euler", "sample.grid": "time_uniform"},
+])
+def test_other_gaussian_processes_train_and_sample_in_latent_space(runs, overrides):
+    from diffusion_jax import training
+    from diffusion_jax.recipes.builders import build_model
+
+    autoencoder, _, _ = runs
+    config = _config("digits32_ldm", **{**TINY, **TINY_PRIOR, **overrides,
+                                        "latent.autoencoder_workdir": autoencoder})
+    recipe.validate(config)
+    network, wrap = build_model(config)
+    arrays = recipe.load_arrays(config)
+    batch = {k: jnp.asarray(v[:8]) for k, v in arrays.items()}
+    optimizer, _ = training.make_optimizer(learning_rate=1e-3)
+    state, parts = training.create_train_state(network, optimizer, key=jax.random.key(0))
+    step = jax.jit(training.make_train_step(parts, recipe.make_loss_fn(config, wrap), optimizer))
+    state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    model = wrap(training.merge_network(parts, state.params))
+    samples, labels = recipe.generate(model, config, num_samples=2, seed=0)
+    assert samples.shape == (2, 32, 32, 1) and list(labels) == [0, 1]

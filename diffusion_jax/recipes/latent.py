@@ -213,6 +213,7 @@ def _cache_dir(config, workdir, step):
                         f"{config.data.name}_{config.data.split}_step{step}_{_ema(config)}")
 
 
+@functools.lru_cache(maxsize=None)
 def _encode_fn():
     return callables.filter_jit(
         lambda autoencoder, images: autoencoder.encode(data.uint8_to_model_range(images)))
@@ -334,6 +335,7 @@ def load_arrays(config):
 # -- sampling --------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def _decode_fn(shape):
     """Jitted ``(codec, z) -> images`` clipped to ``[-1, 1]``; latents of another shape than the
     codec's ``shape`` are a one-line error."""
@@ -353,6 +355,7 @@ def _in_batches(fn, arrays, batch_size):
     return np.concatenate(outputs)
 
 
+@functools.lru_cache(maxsize=None)
 def _reconstruct_fn():
     return callables.filter_jit(lambda autoencoder, images: jnp.clip(
         autoencoder.decode(autoencoder.encode(data.uint8_to_model_range(images))), -1.0, 1.0))
@@ -401,6 +404,71 @@ def _quality(config, samples, reference_images, batch_size):
     return {"feature_network": name, **{k: float(v) for k, v in quality.items()}}
 
 
+BPD_SIGMA_MIN = 2e-3  # the latent prior's density is taken at this VE noise level
+
+
+def _decoder_std(autoencoder, images, key):
+    """Maximum-likelihood std of a Gaussian decoder ``p(x|z) = N(D(z), s^2 I)`` shared by all
+    pixels: the RMS reconstruction error of dequantised images at the posterior mean."""
+    x = data.to_model_range(data.dequantize(jnp.asarray(images), key))
+    error = x - autoencoder.decode(autoencoder.encode(x))
+    return float(jnp.sqrt(jnp.mean(error**2)))
+
+
+def _negative_elbo_fn(sigma_max, decoder_log_std, null_class):
+    """Jitted per-example negative ELBO in nats of dequantised images under the LDM: Gaussian
+    decoder, the KL autoencoder's posterior entropy and the prior's probability-flow density
+    of the scaled latent (Song et al. 2021, App. D.2), whose change of variables adds
+    ``dim(z) log scale``: ``-log p(x) <= E_q[-log p(x|z) - log p(z) + log q(z|x)]`` (Kingma &
+    Welling 2014, eq. 3; one sample of ``z``)."""
+    from diffusion_jax import likelihood
+
+    def negative_elbo(model, images, key):
+        dequant_key, posterior_key, probe_key = jax.random.split(key, 3)
+        autoencoder, scale = model.codec.autoencoder, model.codec.scale
+        x = data.to_model_range(data.dequantize(images, dequant_key))
+        mean, log_variance = autoencoder.posterior(x)
+        z = mean + jnp.exp(0.5 * log_variance) * jax.random.normal(posterior_key, mean.shape)
+        log_decoder = latent_losses.gaussian_log_likelihood(x, autoencoder.decode(z),
+                                                            decoder_log_std)
+        cond = None if null_class is None else jnp.full(x.shape[:1], null_class, jnp.int32)
+        log_prior, _ = likelihood.log_likelihood(
+            model.denoiser, z * scale, sigma_min=BPD_SIGMA_MIN, sigma_max=sigma_max,
+            key=probe_key, cond=cond)
+        log_prior = log_prior + math.prod(z.shape[1:]) * jnp.log(scale)
+        return -(log_decoder + latent_losses.gaussian_entropy(log_variance) + log_prior)
+
+    return callables.filter_jit(negative_elbo)
+
+
+def _ldm_bits_per_dim(model, config, images, *, seed, batch_size):
+    """Mean and standard error of the LDM's negative ELBO in bits/dim of uint8 ``images``
+    (offset ``+7`` for 8-bit data in ``[-1, 1]``), for the KL autoencoder (the unconditional
+    prior: the null class of a class-conditional model)."""
+    from diffusion_jax.recipes.builders import build_process, finite_sigma_max, num_classes
+
+    prior = latent_config(config)
+    sigma_max = finite_sigma_max(build_process(prior), prior.sample.sigma_max)
+    train = datasets.load_split(_pixel_config(config), config.data.split)["image"][:512]
+    decoder_std = _decoder_std(model.codec.autoencoder, train, jax.random.key(seed + 7))
+    null_class = num_classes(prior)
+    fn = _negative_elbo_fn(sigma_max, math.log(decoder_std), null_class)
+    key = jax.random.key(seed + 3)
+    nats = []
+    for start in range(0, len(images), batch_size):  # batch k draws from fold_in(key, k)
+        nats.append(_in_batches(
+            lambda x, start=start: fn(model, x, jax.random.fold_in(key, start)),
+            images[start:start + batch_size], batch_size))
+    nats = np.concatenate(nats)
+    bits = nats / (math.prod(images.shape[1:]) * math.log(2.0)) + 7.0
+    return {"bits_per_dim": float(bits.mean()),
+            "bits_per_dim_std_error": float(bits.std(ddof=1) / math.sqrt(len(bits))),
+            "decoder_std": decoder_std,
+            "bits_per_dim_note": "negative ELBO: Gaussian decoder (ML std on the training "
+                                 "split) + posterior entropy + PF-ODE prior density at sigma "
+                                 f"{BPD_SIGMA_MIN}; test split"}
+
+
 def evaluate(model, config, *, num_examples, seed, batch_size, progress=False):
     """Stage autoencoder: per-pixel reconstruction MSE / L1 in ``[-1, 1]`` and PSNR (on
     ``[0, 255]``) of the test split, rFID (reconstructions vs. originals), the std of the
@@ -436,6 +504,10 @@ def evaluate(model, config, *, num_examples, seed, batch_size, progress=False):
     quality = _quality(config, samples, reference, min(batch_size, num_examples))
     if quality:
         report.update(fid=quality["fid"], kid_mean=quality.get("kid_mean"))
+    if config.latent.kind == "kl":
+        test = datasets.load_split(pixel, "test")["image"][:num_examples]
+        report.update(_ldm_bits_per_dim(model, config, test, seed=seed,
+                                        batch_size=min(batch_size, len(test))))
     return report
 
 
