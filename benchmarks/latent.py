@@ -10,7 +10,7 @@
    split against the same reference.
 3. Throughput: training steps/s (median of the logged windows, compilation excluded) and sampling
    samples/s (second call, compiled; the LDM's includes decoding) in pixel vs. latent space.
-4. ``--lsgm_steps > 0``: the LSGM run of ``configs/digits32_lsgm.py``: negative ELBO in bits/dim
+4. The LSGM run of ``configs/digits32_lsgm.py``: negative ELBO in bits/dim
    on the test split and FID.
 
 The CPU of the machine these numbers come from is shared with other jobs: times are noisy.
@@ -41,9 +41,12 @@ from diffusion_jax.recipes import latent as latent_recipe  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("ae_steps", 1000, "autoencoder training steps")
 flags.DEFINE_integer("steps", 1200, "training steps of the LDM and of the pixel-space EDM")
-flags.DEFINE_integer("lsgm_steps", 0, "LSGM training steps (0: skip)")
+flags.DEFINE_integer("lsgm_steps", 1200, "LSGM training steps")
 flags.DEFINE_integer("num_eval", 512, "samples per FID")
 flags.DEFINE_integer("num_throughput", 256, "samples of the timed sampling call")
+flags.DEFINE_string("parts", "autoencoder,ldm,pixel_edm,lsgm", "which parts to run (the LDM "
+                    "needs the autoencoder run of the same --workdir); results merge into "
+                    "--output")
 flags.DEFINE_string("workdir", "", "where runs go (default: a temporary directory)")
 flags.DEFINE_string("output", "benchmarks/results/latent.json", "JSON output")
 
@@ -92,29 +95,38 @@ def main(argv):
     del argv
     recipes.runtime.quiet_libraries()
     root = FLAGS.workdir or tempfile.mkdtemp(prefix="latent_bench_")
-    results = {"cpu_note": "2-core CPU shared with other jobs: times are noisy",
-               "protocol": {"ae_steps": FLAGS.ae_steps, "steps": FLAGS.steps, "batch_size": 64,
+    parts = FLAGS.parts.split(",")
+    results = {}
+    if os.path.isfile(FLAGS.output):
+        with open(FLAGS.output) as handle:
+            results = json.load(handle)
+    results |= {"cpu_note": "2-core CPU shared with other jobs: times are noisy",
+                "protocol": {"ae_steps": FLAGS.ae_steps, "steps": FLAGS.steps, "batch_size": 64,
                             "num_eval": FLAGS.num_eval, "sampler": "heun, 18 steps, karras",
                             "features": "digits classifier after 4x4 averaging (32 -> 8)",
                             "reference": "digits32 train split"}}
 
     ae_dir = os.path.join(root, "autoencoder")
-    ae_config = _config("digits32_autoencoder", **{"train.num_steps": FLAGS.ae_steps})
-    seconds, rate = _train(ae_config, ae_dir)
-    ae = recipes.load(ae_dir)
-    report = latent_recipe.evaluate(ae.denoiser, ae.config, num_examples=10_000, seed=0,
-                                    batch_size=128)
-    results["autoencoder"] = {**report, "train_seconds": seconds, "train_steps_per_s": rate,
-                              "latent_shape": list(latent_recipe.latent_shape(ae.config))}
-    print("autoencoder:", results["autoencoder"], flush=True)
-    results["data_fid_floor_test_vs_train"] = _data_floor(ae.config)
+    if "autoencoder" in parts:
+        ae_config = _config("digits32_autoencoder", **{"train.num_steps": FLAGS.ae_steps})
+        seconds, rate = _train(ae_config, ae_dir)
+        ae = recipes.load(ae_dir)
+        report = latent_recipe.evaluate(ae.denoiser, ae.config, num_examples=10_000, seed=0,
+                                        batch_size=128)
+        results["autoencoder"] = {**report, "train_seconds": seconds, "train_steps_per_s": rate,
+                                  "latent_shape": list(latent_recipe.latent_shape(ae.config))}
+        print("autoencoder:", results["autoencoder"], flush=True)
+        results["data_fid_floor_test_vs_train"] = _data_floor(ae.config)
+        _write(results)
 
-    runs = {"ldm": _config("digits32_ldm", **{"train.num_steps": FLAGS.steps,
-                                              "latent.autoencoder_workdir": ae_dir}),
-            "pixel_edm": _config("digits32_edm", **{"train.num_steps": FLAGS.steps})}
-    if FLAGS.lsgm_steps:
-        runs["lsgm"] = _config("digits32_lsgm", **{"train.num_steps": FLAGS.lsgm_steps})
-    for name, config in runs.items():
+    runs = {"ldm": ("digits32_ldm", {"train.num_steps": FLAGS.steps,
+                                     "latent.autoencoder_workdir": ae_dir}),
+            "pixel_edm": ("digits32_edm", {"train.num_steps": FLAGS.steps}),
+            "lsgm": ("digits32_lsgm", {"train.num_steps": FLAGS.lsgm_steps})}
+    for name, (config_name, overrides) in runs.items():
+        if name not in parts:
+            continue
+        config = _config(config_name, **overrides)
         workdir = os.path.join(root, name)
         seconds, rate = _train(config, workdir)
         run = recipes.load(workdir)
@@ -131,10 +143,15 @@ def main(argv):
             entry.update(family.evaluate(run.denoiser, run.config, num_examples=FLAGS.num_eval,
                                          seed=0, batch_size=256))
         samples, _ = family.generate(run.denoiser, run.config, num_samples=64, seed=0)
-        picture = os.path.join(os.path.dirname(FLAGS.output), f"latent_{name}.png")
+        picture = os.path.join(os.path.dirname(os.path.abspath(FLAGS.output)),
+                               f"latent_{name}.png")
         data.save_image_grid(np.asarray(samples), picture)
         results[name] = entry
         print(name, entry, flush=True)
+        _write(results)  # after every part: a later one may fail
+
+
+def _write(results):
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
     with open(FLAGS.output, "w") as handle:
         json.dump(results, handle, indent=2)
