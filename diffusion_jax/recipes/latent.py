@@ -35,14 +35,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import callables, data
+from diffusion_jax import callables, data, networks
 from diffusion_jax.latent import losses as latent_losses
-from diffusion_jax.latent import vq
+from diffusion_jax.latent import lsgm, vq
 from diffusion_jax.latent.autoencoders import KLAutoencoder
 from diffusion_jax.latent.codec import Codec, decode_samples, estimate_scale
 from diffusion_jax.pytrees import frozen_pytree
 from diffusion_jax.recipes import datasets, gaussian, latent_cache, objectives, sampling
-from diffusion_jax.recipes.builders import as_config, is_image_data
+from diffusion_jax.recipes.builders import (
+    as_config,
+    is_image_data,
+    process_entry,
+    process_from_entry,
+)
 
 __all__ = ["FAMILY", "NETWORKS", "STAGES", "LatentModel", "network_kwargs", "model_entry",
            "model_from_spec", "make_loss_fn", "load_arrays", "generate", "write_samples",
@@ -51,7 +56,17 @@ __all__ = ["FAMILY", "NETWORKS", "STAGES", "LatentModel", "network_kwargs", "mod
 FAMILY = "latent"
 STAGES = ("autoencoder", "ldm", "lsgm")
 KINDS = ("kl", "vq")
-NETWORKS = {"kl_autoencoder": KLAutoencoder, "vq_autoencoder": vq.VQAutoencoder}
+
+
+def lsgm_network(*, prior, rngs, **kwargs):
+    """:class:`~diffusion_jax.latent.lsgm.LSGM` with its prior a
+    :class:`~diffusion_jax.networks.UNet` of the JSON-able arguments ``prior``."""
+    prior = {k: tuple(v) if isinstance(v, list) else v for k, v in prior.items()}
+    return lsgm.LSGM(prior=networks.UNet(rngs=rngs, **prior), rngs=rngs, **kwargs)
+
+
+NETWORKS = {"kl_autoencoder": KLAutoencoder, "vq_autoencoder": vq.VQAutoencoder,
+            "lsgm": lsgm_network}
 write_samples = sampling.write_samples
 
 
@@ -143,7 +158,16 @@ def network_kwargs(config):
         return _autoencoder_kwargs(config)
     if stage == "ldm":
         return gaussian.network_kwargs(latent_config(config))
-    raise AssertionError("unreachable")
+    latent = config.latent
+    _, autoencoder = _autoencoder_kwargs(config)
+    prior = {"image_shape": list(latent_shape(config)),
+             "base_channels": int(latent.prior_base_channels),
+             "channel_multipliers": list(latent.prior_channel_multipliers),
+             "num_res_blocks": int(latent.prior_num_res_blocks), "attention_resolutions": [],
+             "dropout": float(config.model.dropout), "embedding": config.model.embedding}
+    return "lsgm", {**autoencoder, "prior": prior, "time_scale": float(config.model.time_scale),
+                    "mixed_score": bool(latent.mixed_score),
+                    "decoder_log_scale": float(latent.decoder_log_scale)}
 
 
 # -- the autoencoder run of an LDM -----------------------------------------------------------------
@@ -256,6 +280,9 @@ def model_entry(config) -> dict:
     config = as_config(config)
     stage = _stage(config)
     entry = {"stage": stage, "kind": config.latent.kind, "latent_shape": list(latent_shape(config))}
+    if stage == "lsgm":
+        entry.update(process=process_entry(config), t_min=float(config.loss.t_min),
+                     importance_sampling=bool(config.latent.importance_sampling))
     if stage == "ldm":
         directory, workdir, step = _ensure_cache(config)
         entry.update(gaussian.model_entry(latent_config(config)))
@@ -271,6 +298,9 @@ def model_from_spec(spec, network):
     entry = spec["model"]
     if entry["stage"] == "autoencoder":
         return network
+    if entry["stage"] == "lsgm":  # the prior as a denoiser; the LSGM network is its own codec
+        process = process_from_entry(entry["process"])
+        return LatentModel(lsgm.prior_denoiser(network, process), Codec(network).with_scale(1.0))
     codec = entry["codec"]
     if codec.get("scale") is None:
         raise ValueError("this latent model's spec has no codec scale factor; it cannot decode")
@@ -312,17 +342,34 @@ def make_loss_fn(config, wrap):
                                                      reconstruction=reconstruction)
 
         return autoencoder_loss
+    if stage == "lsgm":
+        options = _lsgm_options(config)
+
+        def lsgm_loss(network, batch, key):
+            data_key, loss_key = jax.random.split(key)
+            x = datasets.preprocess(batch, data_key, image=True,
+                                    random_flip=bool(config.data.random_flip))
+            return lsgm.lsgm_loss(network, x, loss_key, **options)
+
+        return lsgm_loss
     prior = latent_config(config)
     entry = gaussian.model_entry(prior)
     spec = {"model": entry}
     return objectives.make_loss_fn(prior, lambda network: gaussian.model_from_spec(spec, network))
 
 
+def _lsgm_options(config):
+    """Keywords of :func:`diffusion_jax.latent.lsgm.lsgm_terms` from the config."""
+    return {"process": process_from_entry(process_entry(config)),
+            "t_min": float(config.loss.t_min),
+            "importance_sampling": bool(config.latent.importance_sampling)}
+
+
 def load_arrays(config):
     """Stage autoencoder: the image split (standard data path). Stage ldm: the cached latents,
     multiplied by the scale factor once on the host: ``{"latent": float32[, "label"]}``."""
     config = as_config(config)
-    if _stage(config) == "autoencoder":
+    if _stage(config) in ("autoencoder", "lsgm"):
         return datasets.load_arrays(_pixel_config(config))
     directory, _, _ = _ensure_cache(config)
     arrays = latent_cache.load_latent_cache(directory)
@@ -469,6 +516,35 @@ def _ldm_bits_per_dim(model, config, images, *, seed, batch_size):
                                  f"{BPD_SIGMA_MIN}; test split"}
 
 
+def _lsgm_elbo(network, config, images, *, seed, batch_size):
+    """Mean negative ELBO of LSGM in bits/dim of uint8 ``images`` (uniformly dequantised into
+    ``[-1, 1]``, offset ``+7``) with its standard error and the mean of each part (nats)."""
+    options = _lsgm_options(config)
+
+    def terms(network, images, key):
+        dequant_key, key = jax.random.split(key)
+        x = data.to_model_range(data.dequantize(images, dequant_key))
+        return lsgm.lsgm_terms(network, x, key, num_bits=8, **options)
+
+    fn = callables.filter_jit(terms)
+    key = jax.random.key(seed + 5)
+    parts = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        count = len(batch)
+        if count < batch_size:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - count, 0)])
+        values = fn(network, jnp.asarray(batch), jax.random.fold_in(key, start))
+        parts.append({k: np.asarray(v)[:count] for k, v in values.items()})
+    values = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    bits = values["bits_per_dim"]
+    return {"bits_per_dim": float(bits.mean()),
+            "bits_per_dim_std_error": float(bits.std(ddof=1) / math.sqrt(len(bits))),
+            **{f"{k}_nats": float(v.mean()) for k, v in values.items() if k != "bits_per_dim"},
+            "bits_per_dim_note": "negative ELBO (one posterior sample, one t per example, "
+                                 "importance-sampled), test split"}
+
+
 def evaluate(model, config, *, num_examples, seed, batch_size, progress=False):
     """Stage autoencoder: per-pixel reconstruction MSE / L1 in ``[-1, 1]`` and PSNR (on
     ``[0, 255]``) of the test split, rFID (reconstructions vs. originals), the std of the
@@ -504,7 +580,11 @@ def evaluate(model, config, *, num_examples, seed, batch_size, progress=False):
     quality = _quality(config, samples, reference, min(batch_size, num_examples))
     if quality:
         report.update(fid=quality["fid"], kid_mean=quality.get("kid_mean"))
-    if config.latent.kind == "kl":
+    if stage == "lsgm":
+        test = datasets.load_split(pixel, "test")["image"][:num_examples]
+        report.update(_lsgm_elbo(model.codec.autoencoder, config, test, seed=seed,
+                                 batch_size=min(batch_size, len(test))))
+    elif config.latent.kind == "kl":
         test = datasets.load_split(pixel, "test")["image"][:num_examples]
         report.update(_ldm_bits_per_dim(model, config, test, seed=seed,
                                         batch_size=min(batch_size, len(test))))
@@ -526,6 +606,20 @@ def validate(config):
     latent_shape(config)
     if not is_image_data(config):
         raise ValueError("the latent family needs image data")
+    if stage == "lsgm":
+        if latent.kind != "kl":
+            raise ValueError("latent.stage = 'lsgm' needs latent.kind = 'kl' (a Gaussian "
+                             "posterior)")
+        if config.train.class_conditional:
+            raise ValueError("the LSGM recipe is unconditional; set train.class_conditional = "
+                             "False")
+        process = process_from_entry(process_entry(config))
+        t = 0.5 * process.t_max
+        if latent.mixed_score and not np.isclose(
+                float(process.alpha(t) ** 2 + process.sigma(t) ** 2), 1.0, rtol=1e-4):
+            raise ValueError(f"latent.mixed_score needs a variance-preserving process (vp, "
+                             f"cosine); got process.name = {config.process.name!r}")
+        gaussian.validate(latent_config(config))
     if stage == "ldm":
         _check_autoencoder_run(config)
         prior = latent_config(config)

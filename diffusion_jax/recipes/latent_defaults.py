@@ -45,9 +45,12 @@ def add_defaults(config):
     latent.cache_shard_size = 512  # examples per cache shard (resume granularity)
     latent.cache_batch_size = 128  # examples per encoder call
     latent.random_flip = False  # flip latents horizontally (only if asked: they are not images)
-    # the LSGM stage (Vahdat et al. 2021)
-    latent.prior_base_channels = 32  # the latent score network (U-Net on the latent shape)
+    # the LSGM stage (Vahdat et al. 2021): config.process is the prior's (VP for the mixed
+    # score), config.model.time_scale its network's c_noise = time_scale * t
+    latent.prior_base_channels = 32  # the latent prior's U-Net on the latent shape
     latent.prior_channel_multipliers = (1, 2)
     latent.prior_num_res_blocks = 1
-    latent.importance_sampling = True  # variance reduction of the likelihood-weighted CE term
+    latent.mixed_score = True  # LSGM Sec. 3.2: residual on the N(0, I) prior's epsilon
+    latent.decoder_log_scale = -2.0  # initial log std of the Gaussian decoder p(x|z)
+    latent.importance_sampling = True  # t ~ g^2 / sigma^2 (LSGM Sec. 3.3), else uniform
     return config
