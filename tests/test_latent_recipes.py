@@ -180,12 +180,18 @@ def test_bad_input_gets_one_line_errors(runs):
      "loss.t_distribution": "uniform", "sample.sampler": "euler", "sample.grid": "time_uniform"},
 ])
 def test_other_gaussian_processes_train_and_sample_in_latent_space(runs, overrides):
-    from diffusion_jax import training
-    from diffusion_jax.recipes.builders import build_model
-
     autoencoder, _, _ = runs
     config = _config("digits32_ldm", **{**TINY, **TINY_PRIOR, **overrides,
                                         "latent.autoencoder_workdir": autoencoder})
+    model = _one_step(config)
+    samples, labels = recipe.generate(model, config, num_samples=2, seed=0)
+    assert samples.shape == (2, 32, 32, 1) and list(labels) == [0, 1]
+
+
+def _one_step(config):
+    from diffusion_jax import training
+    from diffusion_jax.recipes.builders import build_model
+
     recipe.validate(config)
     network, wrap = build_model(config)
     arrays = recipe.load_arrays(config)
@@ -195,6 +201,37 @@ def test_other_gaussian_processes_train_and_sample_in_latent_space(runs, overrid
     step = jax.jit(training.make_train_step(parts, recipe.make_loss_fn(config, wrap), optimizer))
     state, metrics = step(state, batch)
     assert np.isfinite(float(metrics["loss"]))
-    model = wrap(training.merge_network(parts, state.params))
+    return wrap(training.merge_network(parts, state.params))
+
+
+def test_lsgm_stage_trains_samples_and_reports_its_elbo_in_bits_per_dim():
+    config = _config("digits32_lsgm", **{**TINY, "latent.prior_base_channels": 8,
+                                         "latent.prior_channel_multipliers": (1,),
+                                         "model.embedding_dim": 16, "sample.num_steps": 2})
+    spec = recipes.model_spec(config)
+    assert json.loads(json.dumps(spec)) == spec and spec["network"]["name"] == "lsgm"
+    model = _one_step(config)
+    assert isinstance(model, recipe.LatentModel) and float(model.codec.scale) == 1.0
     samples, labels = recipe.generate(model, config, num_samples=2, seed=0)
-    assert samples.shape == (2, 32, 32, 1) and list(labels) == [0, 1]
+    assert samples.shape == (2, 32, 32, 1) and labels is None
+    images = data.load_digits32("test")[0][:4]
+    report = recipe._lsgm_elbo(model.codec.autoencoder, config, images, seed=0, batch_size=4)
+    # bits/dim is the negative ELBO per dimension in bits, plus 7 for 8-bit data in [-1, 1]
+    np.testing.assert_allclose(report["bits_per_dim"],
+                               report["negative_elbo_nats"] / (1024 * np.log(2)) + 7, rtol=1e-5)
+    np.testing.assert_allclose(report["kl_nats"],
+                               report["cross_entropy_nats"] - report["entropy_nats"], rtol=1e-4)
+    with pytest.raises(ValueError, match="variance-preserving"):
+        recipe.validate(_config("digits32_lsgm", **{"process.name": "edm"}))
+    with pytest.raises(ValueError, match="unconditional"):
+        recipe.validate(_config("digits32_lsgm", **{"train.class_conditional": True}))
+
+
+def test_vq_autoencoder_stage_trains():
+    config = _config("digits32_autoencoder", **{**TINY, "latent.kind": "vq",
+                                                "latent.codebook_size": 16,
+                                                "latent.reconstruction": "l2"})
+    assert recipes.model_spec(config)["network"]["name"] == "vq_autoencoder"
+    model = _one_step(config)
+    reconstructions, _ = recipe.generate(model, config, num_samples=3, seed=0)
+    assert reconstructions.shape == (3, 32, 32, 1)
