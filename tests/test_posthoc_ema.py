@@ -3,6 +3,8 @@ closed-form inner products of power profiles against quadrature, a profile track
 during training reproduced from snapshots of two other widths, the snapshot files, and one-line
 errors for profiles the snapshots cannot represent."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,3 +111,31 @@ def test_parse_sigma_rel():
     assert posthoc_ema.parse_sigma_rel("half_life_5000") is None
     with pytest.raises(ValueError, match="expected sigma_rel=<number>"):
         posthoc_ema.parse_sigma_rel("sigma_rel=wide")
+
+
+def test_training_run_stores_snapshots_and_load_reconstructs_them(tmp_path):
+    from diffusion_jax import recipes
+    from diffusion_jax.recipes.defaults import load_config
+
+    config = load_config("configs/tiny.py", {
+        "train.num_steps": "40", "train.log_every": "20", "train.checkpoint_every": "40",
+        "train.sample_every": "0", "train.num_grid_samples": "8", "train.posthoc_ema_every": "10",
+    })
+    workdir = tmp_path / "run"
+    recipes.train(config, workdir)
+    files = sorted(os.listdir(workdir / "posthoc_ema"))
+    assert files == [f"step_{s:09d}.npz" for s in range(10, 41, 10)]
+    x = jax.random.normal(jax.random.key(0), (16, 2))
+    # The widest tracked width, reconstructed: the stored power EMA itself (weight 1 on it).
+    tracked = recipes.load(workdir, ema="power_sigma_rel_0.1")
+    rebuilt = recipes.load(workdir, ema="sigma_rel=0.1")
+    assert rebuilt.ema == "sigma_rel=0.1" and rebuilt.step == 40
+    np.testing.assert_allclose(rebuilt.denoiser(x, 0.5), tracked.denoiser(x, 0.5), atol=1e-4)
+    between = recipes.load(workdir, ema="sigma_rel=0.07").denoiser(x, 0.5)
+    assert float(jnp.max(jnp.abs(between - tracked.denoiser(x, 0.5)))) > 1e-4
+    with pytest.raises(ValueError, match="cannot represent sigma_rel 0.25"):
+        recipes.load(workdir, ema="sigma_rel=0.25")
+    with pytest.raises(ValueError, match="posthoc_ema_every = 7 must be 0"):
+        recipes.validate_config(load_config("configs/tiny.py", {
+            "train.posthoc_ema_every": "7", "train.steps_per_call": "2",
+            "train.log_every": "100", "train.checkpoint_every": "200"}))
