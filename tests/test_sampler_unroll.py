@@ -34,10 +34,10 @@ def _mixture(means):
     return GaussianMixture.create(means, variances=jnp.array([0.3, 0.2]))
 
 
-def _problem():
-    means = jnp.array([[1.0, -1.0], [-1.5, 0.5]], jnp.float64)
-    noise = jax.random.normal(jax.random.key(0), (3, 2), jnp.float64)
-    weights = jax.random.normal(jax.random.key(1), (3, 2), jnp.float64)
+def _problem(dtype=jnp.float64):
+    means = jnp.array([[1.0, -1.0], [-1.5, 0.5]], dtype)
+    noise = jax.random.normal(jax.random.key(0), (3, 2), dtype)
+    weights = jax.random.normal(jax.random.key(1), (3, 2), dtype)
     return means, noise, weights, samplers.karras_sigmas(7, 0.05, 5.0)
 
 
@@ -86,8 +86,7 @@ def test_trajectory_and_callbacks_are_those_of_the_plain_scan(x64):
 
 
 def test_jit_and_vmap_of_grad_hold_with_unroll_and_checkpoint():
-    means, noise, weights, sigmas = _problem()
-    means, noise, weights = (a.astype(jnp.float32) for a in (means, noise, weights))
+    means, noise, weights, sigmas = _problem(jnp.float32)
 
     def per_example(means, noise, weights):
         x0 = samplers.heun(_mixture(means), noise[None], sigmas, unroll=2, checkpoint=True)
@@ -146,7 +145,7 @@ def test_default_unroll_per_backend():
     ],
 )
 def test_bad_scan_options_are_one_line_errors(scan, message):
-    means, noise, _, sigmas = _problem()
+    means, noise, _, sigmas = _problem(jnp.float32)
     with pytest.raises(ValueError, match=message) as error:
         samplers.euler(_mixture(means), noise, sigmas, **scan)
     assert "\n" not in str(error.value)
