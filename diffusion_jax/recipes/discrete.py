@@ -47,6 +47,7 @@ PROCESSES = ("d3pm", "masked", "dfm")
 DATASETS = ("digits", "pydoc", "text8", "lm1b")
 TEXT_DATASETS = ("pydoc", "text8", "lm1b")  # character streams cut into windows of data.shape
 SAMPLERS = {"d3pm": "d3pm_ancestral", "masked": "masked_ancestral", "dfm": "dfm_euler"}
+EXTRA_SAMPLERS = {"masked": ("masked_first_hitting",)}  # exact, one evaluation per position
 SAMPLE_DTYPES = ("float32", "float64")
 
 
@@ -293,14 +294,17 @@ def _dtype(name):
 def generate(model, config, *, num_samples, seed, sampler=None, num_steps=None, labels=None,
              options=None, batch_size=None, progress=False):
     """``(tokens int32 (num_samples, *shape), labels or None)`` from ``model``. ``sampler``:
-    the process's own (``d3pm_ancestral`` / ``masked_ancestral`` / ``dfm_euler``); ``num_steps``
+    the process's own (``d3pm_ancestral`` / ``masked_ancestral`` / ``dfm_euler``), or for masked
+    diffusion the exact ``masked_first_hitting`` (one evaluation per position); ``num_steps``
     the masked / DFM grid size (default ``discrete.sample_steps``); ``options``: ``dtype``
     (``"float32"`` / ``"float64"``), ``cache`` (masked). Per-batch keys are
     ``fold_in(key(seed), batch index)``."""
     group = config.discrete
-    name = SAMPLERS[_process_name(model.process)]
-    if sampler not in (None, name):
-        raise ValueError(f"sampler {sampler!r} does not fit this model; use {name!r}")
+    process_name = _process_name(model.process)
+    name = SAMPLERS[process_name] if sampler is None else sampler
+    if name not in (SAMPLERS[process_name], *EXTRA_SAMPLERS.get(process_name, ())):
+        fits = ", ".join((SAMPLERS[process_name], *EXTRA_SAMPLERS.get(process_name, ())))
+        raise ValueError(f"sampler {sampler!r} does not fit this model; use one of {fits}")
     options = dict(options or {})
     unknown = set(options) - {"dtype", "cache"}
     if unknown:
@@ -338,6 +342,9 @@ def _sampler_call(name, steps, dtype, cache):
     def run(model, key, shape, cond):
         if name == "d3pm_ancestral":
             return samplers.sample_d3pm(model, model.process, key, shape, cond=cond, dtype=dtype)
+        if name == "masked_first_hitting":
+            return samplers.sample_masked_first_hitting(model, model.process, key, shape,
+                                                        cond=cond, dtype=dtype)
         if name == "masked_ancestral":
             return samplers.sample_masked(model, model.process, key, shape, num_steps=steps,
                                           cond=cond, dtype=dtype, cache=cache)
