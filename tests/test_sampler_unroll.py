@@ -131,8 +131,9 @@ def test_checkpoint_keeps_only_the_carry_per_step():
 
 
 def test_default_unroll_per_backend():
-    assert _core.default_unroll("cpu") == _core.CPU_UNROLL > 1
-    assert _core.default_unroll("gpu") == 1 and _core.default_unroll("tpu") == 1
+    limit = _core.CPU_MAX_UNROLLED_STEPS
+    assert _core.default_unroll(limit, "cpu") is True and _core.default_unroll(limit + 1, "cpu") == 1
+    assert _core.default_unroll(10, "gpu") == 1 and _core.default_unroll(10, "tpu") == 1
 
 
 @pytest.mark.parametrize(
