@@ -11,7 +11,9 @@ times and its peak resident memory (``resource.getrusage``'s ``ru_maxrss``); for
 temporary buffer size of the compiled gradient. Sides of one case run back to back, so a change
 of load hits both; the median of ``--repeats`` timed calls (after one warm-up call) is reported.
 
-``--mode forward`` times one U-Net call and the 18-step Heun sampler (no gradient) under several
+``--mode conv --batch 4 --steps 8`` times one convolution's gradient in a ``lax.scan`` with
+several unroll factors (``benchmarks/results/scan_conv_gradient.json``). ``--mode forward`` times
+one U-Net call and the 18-step Heun sampler (no gradient) under several
 XLA:CPU flag settings beside PyTorch.
 
 ``python benchmarks/grad_through_sampler.py --torch_python /path/to/venv/bin/python`` (a Python
@@ -128,6 +130,37 @@ def jax_worker(args):
         "jax": jax.__version__, "backend": jax.default_backend(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
+
+
+def conv_loop_worker(args):
+    """The effect behind the samplers' CPU unroll: ``grad`` (and the forward pass) of ``steps``
+    3x3 convolutions (32 channels, 32x32, batch ``args.batch``) applied in a ``lax.scan`` with
+    ``unroll`` 1, 2, 8 and all, per step."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jax.random.normal(jax.random.key(0), (args.batch, 32, 32, 32))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 32, 32)) * 0.05
+
+    def loss(w, x, unroll):
+        def body(h, _):
+            out = jax.lax.conv_general_dilated(h, w, (1, 1), "SAME",
+                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return jnp.tanh(out), None
+
+        h, _ = jax.lax.scan(body, x, None, length=args.steps, unroll=unroll)
+        return jnp.sum(h**2)
+
+    rows = {}
+    for unroll in (1, 2, 8, True):
+        for name, fn in (("grad", jax.grad(loss)), ("forward", loss)):
+            compiled = jax.jit(fn, static_argnums=2)
+            times = _timed(lambda c=compiled, u=unroll: jax.block_until_ready(c(w, x, u)),
+                           args.repeats)
+            rows[f"{name} unroll={unroll}"] = statistics.median(times) / args.steps
+    return {"ms_per_step": {k: 1e3 * v for k, v in rows.items()}, "times_s": [0.0],
+            "peak_rss_mb": _peak_rss_mb(), "jax": jax.__version__,
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 # -- PyTorch: the same network --------------------------------------------------------------------
@@ -342,7 +375,8 @@ def grad_cases(args):
 
 def forward_cases(args):
     results = []
-    for mode, steps in (("forward", 1), ("sample", 18)):
+    modes = [("forward", 1)] + ([("sample", args.sample_steps)] if args.sample_steps else [])
+    for mode, steps in modes:
         for label, flags in XLA_SETTINGS.items():
             results.append(dict(run_case(sys.executable, "jax", mode, 64, steps, args.repeats,
                                          xla_flags=flags, threads=args.threads),
@@ -371,7 +405,7 @@ def _print(result):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", default="grad", choices=("grad", "forward", "sample"))
+    parser.add_argument("--mode", default="grad", choices=("grad", "forward", "sample", "conv"))
     parser.add_argument("--cases", default="64x10,256x10,64x50,256x50",
                         help="comma-separated BATCHxSTEPS")
     parser.add_argument("--sides", default=DEFAULT_SIDES,
@@ -379,15 +413,27 @@ def main():
     parser.add_argument("--threads", type=int, default=0,
                         help="threads per side (0: each library's default)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sample_steps", type=int, default=18,
+                        help="--mode forward: also time Heun with this many steps (0: skip)")
     parser.add_argument("--torch_python", default="", help="a Python with torch and k-diffusion")
     parser.add_argument("--output", default="")
-    parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("jax", "torch", "conv"), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=64, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=10, help=argparse.SUPPRESS)
     parser.add_argument("--scan", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps((jax_worker if args.worker == "jax" else torch_worker)(args)))
+        worker = {"jax": jax_worker, "torch": torch_worker, "conv": conv_loop_worker}[args.worker]
+        print(json.dumps(worker(args)))
+        return
+    if args.mode == "conv":
+        result = run_case(sys.executable, "conv", "conv", args.batch, args.steps, args.repeats,
+                          threads=args.threads)
+        print(json.dumps(result.get("ms_per_step", result), indent=1))
+        with open(args.output or os.path.join(ROOT, "benchmarks", "results",
+                                              "scan_conv_gradient.json"), "w") as f:
+            json.dump(dict(result, batch=args.batch, steps=args.steps, threads=args.threads,
+                           note="CPU shared with other jobs"), f, indent=1)
         return
     results = grad_cases(args) if args.mode == "grad" else forward_cases(args)
     name = "grad_through_sampler.json" if args.mode == "grad" else "forward_xla_cpu.json"
