@@ -111,8 +111,8 @@ def main(argv):
             swept = recipes.load(FLAGS.workdir, step=FLAGS.step, ema=f"sigma_rel={width}")
             scores = report.setdefault("ema_sweep", {})[width] = sample_quality(swept.denoiser,
                                                                                 progress=False)
-            print(f"sigma_rel={width}: " + ", ".join(
-                f"{k} {v:.4g}" for k, v in scores.items() if isinstance(v, float)), flush=True)
+            print(f"sigma_rel={width}: " + (", ".join(f"{k} {v:.4g}" for k, v in scores.items()
+                  if isinstance(v, float)) if isinstance(scores, dict) else scores), flush=True)
     except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as error:
         runtime.fail(error)
     if quality is not None:
