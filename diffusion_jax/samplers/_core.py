@@ -294,16 +294,18 @@ def integrate(
     inputs = inputs + tuple(values[first:] for values in per_step)
 
     unroll, checkpoint = check_scan_options(unroll, checkpoint)
+    unroll = default_unroll(inputs[0].shape[0]) if unroll is None else unroll
     if checkpoint is not False:
-        policy = None if checkpoint is True else checkpoint
-        step = jax.checkpoint(step, prevent_cse=False, policy=policy)
+        # A rolled scan already keeps XLA from merging the recomputation with the forward pass;
+        # unrolled steps may be inlined, so then the barrier is needed.
+        step = jax.checkpoint(step, prevent_cse=unroll != 1,
+                              policy=None if checkpoint is True else checkpoint)
 
     def body(carry, inputs):
         new_carry, x0_hat = step(carry, inputs)
         report(callback, inputs[2], inputs[0], inputs[1], carry[0], x0_hat)
         return new_carry, new_carry[0] if return_trajectory else None
 
-    unroll = default_unroll(inputs[0].shape[0]) if unroll is None else unroll
     carry, states = jax.lax.scan(body, carry, inputs, unroll=unroll)
     x0, x0_hat = final(carry, sigmas[-2], num_steps - 1)
     report(callback, num_steps - 1, sigmas[-2], sigmas[-1], carry[0], x0_hat)
