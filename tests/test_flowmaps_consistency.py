@@ -12,7 +12,7 @@ from diffusion_jax.analytic import GaussianMixture
 from diffusion_jax.flowmaps import base, consistency, ctm, curricula, exact, parameterisations
 from diffusion_jax.pytrees import frozen_pytree
 
-MEAN, VARIANCE = jnp.array([0.5, -0.2]), 0.3
+MEAN, VARIANCE = np.array([0.5, -0.2]), 0.3  # numpy: float64 under x64
 SIGMA_DATA, SIGMA_MIN = 0.5, 0.002
 
 
@@ -37,8 +37,8 @@ class ToyFlowMap:
         return self.mean + (x - self.mean) * base.expand(ratio, x)
 
 
-TRUTH = dict(mean=MEAN, log_variance=jnp.log(VARIANCE))
-PERTURBED = dict(mean=MEAN + 0.1, log_variance=jnp.log(VARIANCE) + 0.2)
+TRUTH = dict(mean=MEAN, log_variance=np.log(VARIANCE))
+PERTURBED = dict(mean=MEAN + 0.1, log_variance=np.log(VARIANCE) + 0.2)
 
 
 def data(batch):
