@@ -10,6 +10,7 @@ from flax import nnx
 
 from diffusion_jax import training
 from diffusion_jax.analytic import GaussianMixture
+from diffusion_jax.denoisers import EDMPreconditioning, PreconditionedDenoiser
 from diffusion_jax.flowmaps import (
     base,
     consistency,
@@ -172,7 +173,11 @@ def test_consistency_objectives_run_in_the_train_step(name):
 
     network = MLP(2, hidden_dim=32, num_layers=2, embedding_dim=16, rngs=nnx.Rngs(0))
     ema = {"target": training.ema_constant(0.95)} if name in ("cd", "ct") else None
-    train(network, loss_fn, ema=ema, frozen=gaussian() if name == "cd" else None)
+    teacher = PreconditionedDenoiser(  # an NNX teacher: per-example steps vmap over it
+        MLP(2, hidden_dim=16, num_layers=1, embedding_dim=8, rngs=nnx.Rngs(1)),
+        EDMPreconditioning(),
+    )
+    train(network, loss_fn, ema=ema, frozen=teacher if name == "cd" else None)
 
 
 def test_ctm_objective_runs_in_the_train_step():
