@@ -170,6 +170,8 @@ def ict_loss(
     ``c = huber_c`` (default :func:`ict_huber_constant`). No EMA teacher: pass ``target =
     context.detached``."""
     x0 = _check_x0(x0)
+    if not isinstance(num_levels, jax.core.Tracer) and int(num_levels) > max_levels:
+        raise ValueError(f"num_levels={int(num_levels)} exceeds max_levels={max_levels}")
     huber_c = ict_huber_constant(x0.shape[1:]) if huber_c is None else huber_c
     index_key, noise_key = jax.random.split(key)
     logits = ict_level_logits(
