@@ -104,9 +104,12 @@ class TeacherFlowMap:
     ``grid(num_steps, sigma_min, sigma_max) -> sigmas`` (descending, ending in 0) is any grid of
     :mod:`diffusion_jax.samplers.grids` (default :func:`karras_sigmas`, rho 7); the map evaluates
     it with ``num_steps + 1`` levels from ``sigma`` down to ``sigma_to`` and reads the sampler's
-    state at ``sigma_to`` from its trajectory (one extra, unused final step to 0 keeps the grid a
-    valid sampler grid). ``sigma_to = 0`` is reached through ``sigma_to = 1e-6 sigma`` and the
-    sampler's own final step to 0. ``options`` are the sampler's keyword options (e.g.
+    state at ``sigma_to`` from its trajectory (an unused final step to 0 keeps the grid a valid
+    sampler grid; under ``jit`` its evaluation is dead code, so a call costs the sampler's NFE for
+    ``num_steps`` steps ending above 0, e.g. 1 for Euler and 2 for Heun with one step).
+    ``sigma_to = 0`` returns the state at ``1e-6 sigma``, which differs from the ODE endpoint by
+    about ``1e-6 sigma |eps|``, far below any sampler's error. ``options`` are the sampler's
+    keyword options (e.g.
     ``{"order": 2}``). Per-example times ``(batch,)`` run one solve per example (``vmap``, the
     denoiser's arrays unmapped: a dropout network then draws one mask for the whole batch).
     """
@@ -162,9 +165,9 @@ class TeacherFlowMap:
         fn = samplers.get(self.sampler).fn
         with warnings.catch_warnings():  # x / sigma is the state, not unit noise
             warnings.filterwarnings("ignore", message="noise has RMS")
-            x0, trajectory = fn(
+            _, trajectory = fn(
                 self.denoiser, x / sigma_safe, sigmas, key=None, cond=cond,
                 return_trajectory=True, **dict(self.options),
             )
-        x_to = jnp.where(sigma_to > 0, trajectory[self.num_steps], x0)
-        return jnp.where(same, x, x_to)
+        # The sampler's final step to 0 is unused, so XLA removes its evaluation.
+        return jnp.where(same, x, trajectory[self.num_steps])
