@@ -171,6 +171,12 @@ def test_ect_mapping_halves_the_gap_every_stage(x64):
         (lambda: curricula.ict_num_levels(0, total_steps=5), "shorter than the 8 stages"),
         (lambda: curricula.ct_num_levels(-1, total_steps=100), "step must be >= 0"),
         (lambda: curricula.ct_ema_decay(0, total_steps=10, mu0=1.5), "mu0"),
+        (lambda: consistency.consistency_training_loss(
+            ToyFlowMap(**TRUTH), data(4), jax.random.key(0), target=ToyFlowMap(**TRUTH),
+            num_levels=1), "never reaches two levels"),
+        (lambda: consistency.ict_loss(
+            ToyFlowMap(**TRUTH), data(4), jax.random.key(0), target=ToyFlowMap(**TRUTH),
+            num_levels=1281, max_levels=641), "exceeds max_levels"),
     ],
 )
 def test_curricula_reject_bad_arguments(call, message):
