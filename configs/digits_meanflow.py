@@ -15,7 +15,6 @@ def get_config():
     config.flowmap.objective = "meanflow"
     config.flowmap.meanflow_ratio = 0.25
     config.flowmap.meanflow_power = 1.0
-    config.flowmap.sample_grid = "uniform_time"
     config.model.embedding = "fourier"
     config.model.class_dropout = 0.1
     config.optim.learning_rate = 1e-3

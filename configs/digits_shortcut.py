@@ -14,7 +14,7 @@ def get_config():
     config.flowmap.objective = "shortcut"
     config.flowmap.shortcut_fraction = 0.25
     config.flowmap.shortcut_max_steps = 128
-    config.flowmap.sample_grid = "uniform_time"
+    config.flowmap.target_decay = 0.99  # the EMA model of the bootstrap targets
     config.model.embedding = "fourier"
     config.optim.learning_rate = 1e-3
     config.train.num_steps = 3000

@@ -20,6 +20,7 @@ def _group():
     # scd, ctm); made by `python train.py --config configs/digits_edm.py --workdir runs/digits`
     group.teacher_workdir = "runs/digits"
     group.init_from_teacher = True  # start the student from the teacher's (EMA) weights
+    group.target_decay = 0.95  # cd / ctm / shortcut: the EMA target's decay (CD CIFAR-10: 0.95)
     group.teacher_sampler = "heun"  # cd / ctm: the teacher's ODE step (euler | heun | dpm_solver_pp...)
     group.teacher_num_steps = 18  # cd: N of the discretisation; ctm: teacher steps per jump
     # noise range of the consistency parameterisation (Song et al. 2023, App. C) and its data scale
@@ -34,7 +35,9 @@ def _group():
     group.mu0 = 0.9  # ct: EMA-teacher decay at k = 0 (Song et al. 2023, App. C)
     group.p_mean = -1.1  # ict / ect / scm: log-normal noise levels (Song & Dhariwal 2023)
     group.p_std = 2.0
-    group.huber_c = 0.0  # pseudo-Huber c (0: 0.00054 sqrt(d), Song & Dhariwal 2023); < 0: L2
+    # pseudo-Huber c of ict / ect (0: the objective's own: iCT 0.00054 sqrt(d), Song & Dhariwal
+    # 2023; ECT 0, the Euclidean norm); < 0: c = 0
+    group.huber_c = 0.0
     # ect (Geng et al. 2024): r = t (1 - (1 - 1/q^stage) n(t)), stage doubling every `ect_stage_steps`
     group.ect_q = 2.0
     group.ect_stage_steps = 0  # 0: train.num_steps // 8
@@ -54,8 +57,10 @@ def _group():
     group.shortcut_max_steps = 128  # d on the dyadic grid 1/128 ... 1
     # CTM (Kim et al. 2023)
     group.ctm_dsm_weight = 1.0  # weight of the denoising (DSM) term beside soft consistency
+    group.ctm_teacher_steps = 2  # teacher solver steps of each jump t -> u
     # sampling: config.sample.num_steps flow-map jumps on this grid (1: one step)
-    group.sample_grid = "karras"  # karras (num_steps + 1 levels, last -> 0) | uniform_time
+    # "" (the objective's) | karras (num_steps + 1 Karras levels, the last -> 0) | uniform_time
+    group.sample_grid = ""
     group.sampler = ""  # "" (the objective's: consistency multistep, gamma for ctm, else jumps)
     group.gamma = 0.0  # ctm gamma-sampling (0 deterministic jumps, 1 consistency multistep)
     return group
