@@ -12,6 +12,7 @@ al. 2025 ("flow maps"), Kim et al. 2023 (CTM, "anytime-to-anytime") and Song et 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -19,12 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import samplers
+from diffusion_jax import callables, samplers
 from diffusion_jax.processes import _broadcast_like
 from diffusion_jax.pytrees import frozen_pytree
 from diffusion_jax.samplers.grids import karras_sigmas
 
-__all__ = ["check_times", "per_example", "expand", "TeacherFlowMap"]
+__all__ = ["check_times", "per_example", "expand", "denoiser_from_flow_map", "TeacherFlowMap"]
 
 
 def _concrete(value):
@@ -76,6 +77,23 @@ def _check_batched(x):
     return x
 
 
+def denoiser_from_flow_map(flow_map):
+    """The denoiser a flow map implies: ``D(x, sigma) = x - sigma d/ds flow_map(x, sigma, s)`` at
+    ``s = sigma`` (the PF-ODE ``dx/dsigma = (x - D) / sigma`` read off at the start of the jump;
+    one ``jax.jvp``). For CTM's ``G = (s/t) x + (1 - s/t) g`` it is ``g(x, t, t)`` (Kim et al.
+    2023, Sec. 4, the DSM term)."""
+
+    def denoiser(x, sigma, cond=None):
+        x = _check_batched(x)
+        sigma = per_example(sigma, x)
+        _, velocity = jax.jvp(
+            lambda sigma_to: flow_map(x, sigma, sigma_to, cond), (sigma,), (jnp.ones_like(sigma),)
+        )
+        return x - expand(sigma, x) * velocity
+
+    return denoiser
+
+
 @frozen_pytree(meta=("sampler", "num_steps", "grid", "options"))
 class TeacherFlowMap:
     """The flow map of ``denoiser`` under a deterministic sampler of the library: the sampler
@@ -89,7 +107,8 @@ class TeacherFlowMap:
     state at ``sigma_to`` from its trajectory (one extra, unused final step to 0 keeps the grid a
     valid sampler grid). ``sigma_to = 0`` is reached through ``sigma_to = 1e-6 sigma`` and the
     sampler's own final step to 0. ``options`` are the sampler's keyword options (e.g.
-    ``{"order": 2}``). Per-example times ``(batch,)`` run one solve per example (``vmap``).
+    ``{"order": 2}``). Per-example times ``(batch,)`` run one solve per example (``vmap``, the
+    denoiser's arrays unmapped: a dropout network then draws one mask for the whole batch).
     """
 
     denoiser: Any
@@ -121,11 +140,17 @@ class TeacherFlowMap:
             return self._solve(x, sigma.astype(x.dtype), sigma_to.astype(x.dtype), cond)
         sigma, sigma_to = per_example(sigma, x), per_example(sigma_to, x, "sigma_to")
 
-        def one(x_i, sigma_i, sigma_to_i, cond_i):
-            return self._solve(x_i[None], sigma_i, sigma_to_i, cond_i)[0]
+        # The denoiser's arrays travel as an unmapped vmap argument (not a closure), so an NNX
+        # network in training mode may update its RNG counters inside the vmap trace.
+        arrays, static = callables.split(self.denoiser)
+
+        def one(arrays, x_i, sigma_i, sigma_to_i, cond_i):
+            flow_map = dataclasses.replace(self, denoiser=callables.merge(arrays, static))
+            cond_i = jax.tree_util.tree_map(lambda c: c[None], cond_i)
+            return flow_map._solve(x_i[None], sigma_i, sigma_to_i, cond_i)[0]
 
         cond_axis = None if cond is None else 0
-        return jax.vmap(one, in_axes=(0, 0, 0, cond_axis))(x, sigma, sigma_to, cond)
+        return jax.vmap(one, in_axes=(None, 0, 0, 0, cond_axis))(arrays, x, sigma, sigma_to, cond)
 
     def _solve(self, x, sigma, sigma_to, cond):
         """One solve with scalar times (safe values where the grid would degenerate)."""
