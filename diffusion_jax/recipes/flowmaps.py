@@ -14,6 +14,7 @@ sampling needs (never the teacher), so it opens itself.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -24,6 +25,7 @@ import numpy as np
 
 from diffusion_jax import callables, denoisers
 from diffusion_jax.flowmaps import base, parameterisations
+from diffusion_jax.flowmaps import samplers as flow_map_samplers
 from diffusion_jax.recipes import datasets, sampling
 from diffusion_jax.recipes import evaluation as image_evaluation
 from diffusion_jax.recipes.builders import as_config, is_image_data
@@ -64,11 +66,11 @@ OBJECTIVES = {
     "ect": Objective("consistency", "init", False, "consistency"),
     "scd": Objective("trigflow", "loss", False, "consistency"),
     "sct": Objective("trigflow", "", False, "consistency"),
-    "ctm": Objective("ctm", "loss", True, "gamma"),
+    "ctm": Objective("ctm", "loss", True, "flow_map"),
     "meanflow": Objective("meanflow", "", True, "flow_map", "uniform_time"),
     "shortcut": Objective("shortcut", "", True, "flow_map", "uniform_time"),
 }
-SAMPLERS = ("flow_map", "consistency", "gamma")
+SAMPLERS = tuple(info.name for info in flow_map_samplers.FLOW_MAP_SAMPLERS)
 GRIDS = ("karras", "uniform_time")
 
 
@@ -270,10 +272,9 @@ def _progressive_loss(config, wrap):
     def loss(network, context, x0, cond, key):
         student = wrap(network).denoiser
         teacher = _student_denoiser(context.ema["stage_teacher"], sigma_data)
-        branches = [
-            (lambda grid: lambda: progressive.progressive_distillation_loss(
-                student, x0, key, teacher=teacher, teacher_sigmas=grid, cond=cond))(grid)
-            for grid in grids]
+        branches = [functools.partial(progressive.progressive_distillation_loss, student, x0, key,
+                                      teacher=teacher, teacher_sigmas=grid, cond=cond)
+                    for grid in grids]
         stage = jnp.minimum(context.step // stage_steps, num_stages - 1)
         return jax.lax.switch(stage, branches)
 
@@ -343,6 +344,10 @@ def _objective_loss(config, wrap):
     if name in ("cd", "ct", "ict", "ect", "ctm"):
         return _consistency_losses(config, wrap)
     return _continuous_loss(config, wrap)
+
+
+def _continuous_loss(config, wrap):
+    raise ValueError(f"flowmap.objective {config.flowmap.objective!r} is not available yet")
 
 
 def make_loss_fn(config, wrap):
@@ -436,18 +441,15 @@ def flow_map_sigmas(grid, num_steps, *, sigma_min, sigma_max, rho=7.0):
     return t / (1.0 - t)
 
 
-def _sampler_fn(name, gamma):
-    """``fn(flow_map, noise, sigmas, key, cond) -> x0`` of a sampler name."""
-    from diffusion_jax.flowmaps import samplers as flow_map_samplers
-
-    if name == "flow_map":
-        return lambda model, noise, sigmas, key, cond: flow_map_samplers.sample_flow_map(
-            model, noise, sigmas, cond=cond)
-    if name == "consistency":
-        return lambda model, noise, sigmas, key, cond: flow_map_samplers.sample_consistency(
-            model, noise, sigmas, key=key, cond=cond)
-    return lambda model, noise, sigmas, key, cond: flow_map_samplers.sample_gamma(
-        model, noise, sigmas, key=key, cond=cond, gamma=gamma)
+def _sampler_options(info, entry, options):
+    """The sampler's options: the spec's defaults (``gamma``; the consistency boundary) and
+    ``options``, unknown names refused in one line."""
+    unknown = sorted(set(options) - set(info.options))
+    if unknown:
+        raise ValueError(f"flow-map sampler {info.name!r} has no option(s) {unknown}; its options "
+                         f"are {list(info.options)}")
+    defaults = {"gamma": entry["gamma"], "sigma_min": entry["boundary_sigma"]}
+    return {name: float(options.get(name, defaults[name])) for name in info.options}
 
 
 def generate(model, config, *, num_samples, seed, sampler=None, num_steps=None, labels=None,
@@ -455,9 +457,9 @@ def generate(model, config, *, num_samples, seed, sampler=None, num_steps=None, 
     """``num_samples`` samples (host array, model range) and labels (or ``None``) in
     ``num_steps`` flow-map jumps (default: the student's own, ``spec["model"]["num_steps"]``;
     ``config.sample.num_steps`` when set above 1) on the flow-map grid (``grid`` or
-    ``config.flowmap.sample_grid``): ``sampler`` ``flow_map`` (deterministic jumps),
-    ``consistency`` (multistep consistency sampling, Song et al. 2023, Alg. 1) or ``gamma``
-    (CTM's gamma-sampling, Kim et al. 2023, Alg. 2; ``options={"gamma": g}``). Sample ``i``
+    ``config.flowmap.sample_grid``): ``sampler`` ``flow_map`` (jumps; CTM's gamma-sampling,
+    Kim et al. 2023, Alg. 2, with ``options={"gamma": g}``, default ``flowmap.gamma``) or
+    ``consistency`` (multistep consistency sampling, Song et al. 2023, Alg. 1). Sample ``i``
     starts from ``normal(fold_in(noise_key, i))``, so samples do not depend on batching."""
     config = as_config(config)
     entry = model_entry(config)
@@ -466,20 +468,15 @@ def generate(model, config, *, num_samples, seed, sampler=None, num_steps=None, 
                          "trains it in: flowmap.meanflow_guidance)")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}")
-    sampler = _check_choice(sampler or entry["sampler"], SAMPLERS, "flow-map sampler")
+    info = flow_map_samplers.get(sampler or entry["sampler"])
     grid = _check_choice(grid or entry["grid"], GRIDS, "flow-map grid")
     if num_steps is None:
         num_steps = config.sample.num_steps if config.sample.num_steps > 1 else entry["num_steps"]
-    options = dict(options or {})
-    unknown = sorted(set(options) - {"gamma"})
-    if unknown:
-        raise ValueError(f"flow-map samplers have no option(s) {unknown}; options: gamma")
-    gamma = float(options.get("gamma", entry["gamma"]))
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must lie in [0, 1]; got {gamma}")
+    options = _sampler_options(info, entry, dict(options or {}))
     sigmas = flow_map_sigmas(grid, num_steps, sigma_min=entry["sigma_min"],
                              sigma_max=entry["sigma_max"], rho=entry["rho"])
-    run = callables.filter_jit(_sampler_fn(sampler, gamma))
+    run = callables.filter_jit(lambda model, noise, sigmas, key, cond: info.fn(
+        model, noise, sigmas, key=key, cond=cond, **options))
     labels = sampling.resolve_labels(config, num_samples, labels)
     batch_size = min(batch_size or config.sample.batch_size, num_samples)
     noise_key, sampler_key = jax.random.split(jax.random.key(seed))
@@ -560,6 +557,9 @@ def validate(config):
                          f"{fm.sigma_max}")
     if not 0.0 <= fm.gamma <= 1.0:
         raise ValueError(f"flowmap.gamma must lie in [0, 1]; got {fm.gamma}")
+    if fm.gamma and (fm.sampler or objective.sampler) != "flow_map":
+        raise ValueError("flowmap.gamma re-noises CTM-style jumps: it needs the 'flow_map' "
+                         "sampler")
     if fm.objective == "progressive":
         steps, stages = fm.progressive_teacher_steps, fm.progressive_num_stages
         if stages < 1 or steps < 2 ** stages:

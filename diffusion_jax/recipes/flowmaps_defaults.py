@@ -61,8 +61,8 @@ def _group():
     # sampling: config.sample.num_steps flow-map jumps on this grid (1: one step)
     # "" (the objective's) | karras (num_steps + 1 Karras levels, the last -> 0) | uniform_time
     group.sample_grid = ""
-    group.sampler = ""  # "" (the objective's: consistency multistep, gamma for ctm, else jumps)
-    group.gamma = 0.0  # ctm gamma-sampling (0 deterministic jumps, 1 consistency multistep)
+    group.sampler = ""  # "" (the objective's) | flow_map (jumps) | consistency (Alg. 1, re-noise)
+    group.gamma = 0.0  # flow_map: CTM's gamma-sampling (0 deterministic jumps, 1 re-noise to 0)
     return group
 
 
