@@ -16,6 +16,7 @@ def get_config():
     config.flowmap.meanflow_ratio = 0.25
     config.flowmap.meanflow_power = 1.0
     config.model.embedding = "fourier"
+    config.flowmap.sigma_max = 1000.0  # sampling starts at t = sigma / (1 + sigma) = 0.999
     config.model.class_dropout = 0.1
     config.optim.learning_rate = 1e-3
     config.train.num_steps = 3000

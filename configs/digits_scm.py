@@ -2,7 +2,8 @@
 scaling continuous-time consistency models") of the default job's EDM run on 8x8 digits: the
 TrigFlow consistency function, the `jax.jvp` tangent with the teacher's dx/dt, tangent
 normalisation g / (||g|| + 0.1), a linear warm-up of r and the adaptive log-variance weighting.
-The teacher run is ``flowmap.teacher_workdir`` (default ``runs/digits``: ``python train.py
+The student starts from random weights (TrigFlow's network input differs from EDM's); the
+teacher run is ``flowmap.teacher_workdir`` (default ``runs/digits``: ``python train.py
 --config configs/digits_edm.py --workdir runs/digits``). ``--config.flowmap.objective=sct`` trains
 the same model without a teacher (sCT)."""
 
@@ -15,6 +16,8 @@ def get_config():
     config.model.family = "flowmap"
     config.flowmap.objective = "scd"
     config.flowmap.teacher_workdir = "runs/digits"
+    config.flowmap.init_from_teacher = False  # TrigFlow's network is not EDM's (time input, sign)
+    config.model.embedding = "fourier"
     config.flowmap.p_mean = -1.0  # sCM's CIFAR-10 log-normal (Lu & Song 2024)
     config.flowmap.p_std = 1.4
     config.optim.learning_rate = 2e-4

@@ -16,6 +16,7 @@ def get_config():
     config.flowmap.shortcut_max_steps = 128
     config.flowmap.target_decay = 0.99  # the EMA model of the bootstrap targets
     config.model.embedding = "fourier"
+    config.flowmap.sigma_max = 1000.0  # sampling starts at t = sigma / (1 + sigma) = 0.999
     config.optim.learning_rate = 1e-3
     config.train.num_steps = 3000
     config.train.ema_half_lives = (2000.0,)

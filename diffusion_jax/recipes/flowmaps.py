@@ -22,13 +22,16 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from diffusion_jax import callables, denoisers
-from diffusion_jax.flowmaps import base, parameterisations
+from diffusion_jax import samplers as core_samplers
+from diffusion_jax.flowmaps import base, curricula, meanflow, parameterisations, trigflow
 from diffusion_jax.flowmaps import samplers as flow_map_samplers
 from diffusion_jax.recipes import datasets, sampling
 from diffusion_jax.recipes import evaluation as image_evaluation
-from diffusion_jax.recipes.builders import as_config, is_image_data
+from diffusion_jax.recipes.builders import NETWORKS as STANDARD_NETWORKS
+from diffusion_jax.recipes.builders import as_config, is_image_data, pick
 from diffusion_jax.recipes.builders import network_kwargs as standard_network_kwargs
 from diffusion_jax.recipes.objectives import drop_labels
 from diffusion_jax.samplers.grids import karras_levels
@@ -39,7 +42,24 @@ __all__ = ["FAMILY", "NETWORKS", "OBJECTIVES", "SAMPLERS", "GRIDS", "network_kwa
            "validate"]
 
 FAMILY = "flowmap"
-NETWORKS = {}  # the standard networks of builders.NETWORKS (two_time=True where needed)
+
+
+class NetworkWithLogVariance(nnx.Module):
+    """A standard network (``network``) and sCM's learned log-variance ``u(t)`` of the adaptive
+    weighting (``log_variance``, :class:`diffusion_jax.flowmaps.trigflow.TimeLogVariance`; Lu &
+    Song 2024, Sec. 4.3), trained together as one module; calling it calls the network."""
+
+    def __init__(self, *, network, log_variance, rngs):
+        cls = pick(STANDARD_NETWORKS, network["name"], "network")
+        self.network = cls(rngs=rngs, **{k: tuple(v) if isinstance(v, list) else v
+                                          for k, v in network["kwargs"].items()})
+        self.log_variance = trigflow.TimeLogVariance(rngs=rngs, **log_variance)
+
+    def __call__(self, *args, **kwargs):
+        return self.network(*args, **kwargs)
+
+
+NETWORKS = {"with_log_variance": NetworkWithLogVariance}  # besides builders.NETWORKS
 load_arrays = None  # the standard data path (recipes.datasets)
 write_samples = sampling.write_samples
 TEACHER_COMMAND = "python train.py --config configs/digits_edm.py --workdir runs/digits"
@@ -91,6 +111,11 @@ def network_kwargs(config):
     name, kwargs = standard_network_kwargs(config)
     if _objective(config).two_time:
         kwargs = {**kwargs, "two_time": True}
+    if _objective(config).parameterisation == "trigflow" and config.flowmap.scm_adaptive_weight:
+        log_variance = {"embedding": config.model.embedding,
+                        "time_scale": float(config.flowmap.time_scale)}
+        return "with_log_variance", {"network": {"name": name, "kwargs": kwargs},
+                                     "log_variance": log_variance}
     return name, kwargs
 
 
@@ -121,6 +146,7 @@ def model_entry(config) -> dict:
         "grid": fm.sample_grid or objective.grid,
         "num_steps": _default_num_steps(config),
         "gamma": float(fm.gamma),
+        "time_scale": float(fm.time_scale),
     }
 
 
@@ -128,14 +154,14 @@ def model_from_spec(spec, network):
     """``network`` as the spec's flow map (a jittable pytree)."""
     entry = spec["model"]
     return _make_flow_map(entry["parameterisation"], network, sigma_min=entry["boundary_sigma"],
-                          sigma_data=entry["sigma_data"])
+                          sigma_data=entry["sigma_data"], time_scale=entry["time_scale"])
 
 
 def _student_denoiser(network, sigma_data):
     return denoisers.PreconditionedDenoiser(network, denoisers.EDMPreconditioning(sigma_data))
 
 
-def _make_flow_map(parameterisation, network, *, sigma_min, sigma_data):
+def _make_flow_map(parameterisation, network, *, sigma_min, sigma_data, time_scale):
     if parameterisation == "denoiser":  # progressive distillation: one DDIM (VE Euler) step
         return base.TeacherFlowMap(_student_denoiser(network, sigma_data), sampler="euler",
                                    num_steps=1)
@@ -144,6 +170,11 @@ def _make_flow_map(parameterisation, network, *, sigma_min, sigma_data):
                                                   sigma_min=sigma_min)
     if parameterisation == "ctm":
         return parameterisations.CTMFlowMap(network, sigma_data=sigma_data, sigma_min=sigma_min)
+    if parameterisation == "trigflow":
+        inner = network.network if isinstance(network, NetworkWithLogVariance) else network
+        return trigflow.TrigFlowConsistency(inner, sigma_data=sigma_data, time_scale=time_scale)
+    if parameterisation in ("meanflow", "shortcut"):
+        return meanflow.AverageVelocityFlowMap(network, time_scale=time_scale)
     raise ValueError(f"unknown flow-map parameterisation {parameterisation!r}")
 
 
@@ -210,8 +241,6 @@ def copy_teacher_weights(teacher_network, student):
     2023, Geng et al. 2024, Kim et al. 2023). A two-time student's second time branch
     (``conditioning.*_to_*``) has no counterpart: its output layer is set to zero, so the student
     starts as the teacher whatever the second time."""
-    from flax import nnx
-
     source = {path: variable.get_value()
               for path, variable in nnx.to_flat_state(nnx.state(teacher_network, nnx.Param))}
     updated = []
@@ -248,8 +277,6 @@ def _curriculum(config, default_s0, default_s1):
 def _ct_target_decay(config):
     """``mu(k)`` of consistency training's EMA target (the released code's form,
     :func:`diffusion_jax.flowmaps.curricula.ct_ema_decay`)."""
-    from diffusion_jax.flowmaps import curricula
-
     curriculum = _curriculum(config, 2, 150)
     mu0 = float(config.flowmap.mu0)
     return lambda step: curricula.ct_ema_decay(step, mu0=mu0, **curriculum)
@@ -284,7 +311,7 @@ def _progressive_loss(config, wrap):
 def _consistency_losses(config, wrap):
     """The consistency objectives (:mod:`diffusion_jax.flowmaps.consistency`, :mod:`~.ctm`) as
     ``loss(network, context, x0, cond, key)``."""
-    from diffusion_jax.flowmaps import consistency, ctm, curricula
+    from diffusion_jax.flowmaps import consistency, ctm
 
     fm = config.flowmap
     grid = {"sigma_min": float(fm.sigma_min), "sigma_max": float(fm.sigma_max),
@@ -307,8 +334,6 @@ def _consistency_losses(config, wrap):
                 **grid)
     elif name == "ict":
         curriculum = _curriculum(config, 10, 1280)
-        curricula.ict_steps_per_stage(curriculum["total_steps"], s0=curriculum["s0"],
-                                      s1=curriculum["s1"])
 
         def loss(network, context, x0, cond, key):
             return consistency.ict_loss(
@@ -347,7 +372,48 @@ def _objective_loss(config, wrap):
 
 
 def _continuous_loss(config, wrap):
-    raise ValueError(f"flowmap.objective {config.flowmap.objective!r} is not available yet")
+    """sCM (sCD / sCT), MeanFlow and shortcut models (:mod:`diffusion_jax.flowmaps.trigflow`,
+    :mod:`~.meanflow`, :mod:`~.shortcut`) as ``loss(network, context, x0, cond, key)``."""
+    from diffusion_jax.flowmaps import shortcut
+
+    fm = config.flowmap
+    name = fm.objective
+    if name in ("scd", "sct"):
+        warmup = int(fm.scm_warmup_steps or config.train.num_steps // 10)
+
+        def loss(network, context, x0, cond, key):
+            log_variance = getattr(network, "log_variance", None)
+            return trigflow.scm_loss(
+                wrap(network), wrap(context.detached), x0, key,
+                r=trigflow.tangent_warmup(context.step, warmup),
+                teacher=context.frozen if name == "scd" else None, log_variance=log_variance,
+                p_mean=float(fm.p_mean), p_std=float(fm.p_std),
+                tangent_c=float(fm.scm_tangent_c), cond=cond)
+    elif name == "meanflow":
+        guidance = float(fm.meanflow_guidance)
+        conditional = bool(config.train.class_conditional)
+        if guidance != 1.0 and not conditional:
+            raise ValueError("flowmap.meanflow_guidance != 1 needs a class-conditional model")
+        cfg = {}
+        if guidance != 1.0:
+            cfg = {"cfg_scale": guidance, "null_class": int(config.data.num_classes),
+                   "label_dropout": float(config.model.class_dropout)}
+
+        def loss(network, context, x0, cond, key):
+            return meanflow.meanflow_loss(
+                wrap(network), x0, key, time_mean=float(fm.meanflow_time_mean),
+                time_std=float(fm.meanflow_time_std), fraction_r_neq_t=float(fm.meanflow_ratio),
+                adaptive_p=float(fm.meanflow_power), adaptive_c=float(fm.meanflow_c),
+                cond=cond, **cfg)
+    else:  # shortcut
+        num_levels = int(round(math.log2(fm.shortcut_max_steps)))
+
+        def loss(network, context, x0, cond, key):
+            return shortcut.shortcut_loss(
+                wrap(network), wrap(context.ema["target"]), x0, key,
+                bootstrap_fraction=float(fm.shortcut_fraction), num_levels=num_levels,
+                cond=cond)
+    return loss
 
 
 def make_loss_fn(config, wrap):
@@ -362,13 +428,17 @@ def make_loss_fn(config, wrap):
     random_flip = bool(config.data.random_flip)
     conditional = bool(config.train.class_conditional)
     null_class, class_dropout = config.data.num_classes, config.model.class_dropout
+    # MeanFlow's training-time guidance drops the labels itself (and keeps v for those examples)
+    drops_own_labels = config.flowmap.objective == "meanflow" and config.flowmap.meanflow_guidance != 1.0
 
     def loss_fn(network, batch, key, context):
         data_key, drop_key, loss_key = jax.random.split(key, 3)
         x0 = datasets.preprocess(batch, data_key, image=image, random_flip=random_flip)
         cond = None
         if conditional:
-            cond = drop_labels(batch["label"], drop_key, class_dropout, null_class)
+            cond = batch["label"]
+            if not drops_own_labels:
+                cond = drop_labels(cond, drop_key, class_dropout, null_class)
         return objective_loss(network, context, x0, cond, loss_key)
 
     return loss_fn
@@ -560,6 +630,18 @@ def validate(config):
     if fm.gamma and (fm.sampler or objective.sampler) != "flow_map":
         raise ValueError("flowmap.gamma re-noises CTM-style jumps: it needs the 'flow_map' "
                          "sampler")
+    if fm.objective in ("ct", "ict"):  # the curriculum reaches two levels and fits the run
+        defaults = (2, 150) if fm.objective == "ct" else (10, 1280)
+        curriculum = _curriculum(config, *defaults)
+        if fm.objective == "ct":
+            curricula.ct_num_levels(0, **curriculum)
+        else:
+            curricula.ict_steps_per_stage(curriculum["total_steps"], s0=curriculum["s0"],
+                                          s1=curriculum["s1"])
+    if objective.teacher == "loss" and objective.parameterisation != "trigflow":
+        if core_samplers.get(fm.teacher_sampler).needs_key:
+            raise ValueError(f"flowmap.teacher_sampler {fm.teacher_sampler!r} draws noise; the "
+                             "teacher's step must be deterministic")
     if fm.objective == "progressive":
         steps, stages = fm.progressive_teacher_steps, fm.progressive_num_stages
         if stages < 1 or steps < 2 ** stages:
@@ -569,6 +651,9 @@ def validate(config):
         if config.train.num_steps < stages:
             raise ValueError(f"train.num_steps = {config.train.num_steps} is fewer than the "
                              f"{stages} progressive stages")
+    if objective.parameterisation == "trigflow" and objective.teacher and fm.init_from_teacher:
+        raise ValueError("sCM's TrigFlow network does not share the EDM teacher's time input "
+                         "and sign: set flowmap.init_from_teacher=False")
     if objective.teacher == "init" and not fm.init_from_teacher:
         raise ValueError(f"flowmap.objective {fm.objective!r} tunes its teacher's weights: "
                          "flowmap.init_from_teacher must be True")

@@ -45,12 +45,17 @@ def _group():
     # steps of its teacher; stage k runs train.num_steps // num_stages steps
     group.progressive_teacher_steps = 16  # the steps of the first teacher (the library denoiser)
     group.progressive_num_stages = 3
+    group.time_scale = 1.0  # trigflow / meanflow / shortcut: the network sees c_noise = scale * t
     # sCM (Lu & Song 2024)
+    group.scm_adaptive_weight = True  # learned log-variance u(t) trained with the network
     group.scm_warmup_steps = 0  # tangent warm-up of r (0: train.num_steps // 10)
     group.scm_tangent_c = 0.1  # g / (||g|| + c)
     # MeanFlow (Geng et al. 2025)
     group.meanflow_ratio = 0.25  # fraction of pairs with r != t
     group.meanflow_power = 1.0  # adaptive weight 1 / sg(||delta||^2 + c)^p
+    group.meanflow_c = 1e-3
+    group.meanflow_time_mean = -0.4  # logit-normal (t, r) draws (the paper's ImageNet default)
+    group.meanflow_time_std = 1.0
     group.meanflow_guidance = 1.0  # training-time CFG omega (1: none)
     # shortcut models (Frans et al. 2024)
     group.shortcut_fraction = 0.25  # fraction of the batch with self-consistency targets
