@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from diffusion_jax import callables, denoisers
+from diffusion_jax import callables, denoisers, training
 from diffusion_jax import samplers as core_samplers
 from diffusion_jax.flowmaps import base, curricula, meanflow, parameterisations, trigflow
 from diffusion_jax.flowmaps import samplers as flow_map_samplers
@@ -382,7 +382,8 @@ def _continuous_loss(config, wrap):
         warmup = int(fm.scm_warmup_steps or config.train.num_steps // 10)
 
         def loss(network, context, x0, cond, key):
-            log_variance = getattr(network, "log_variance", None)
+            inner = network.network if isinstance(network, training.CastNetwork) else network
+            log_variance = getattr(inner, "log_variance", None)  # the composite's u(t)
             return trigflow.scm_loss(
                 wrap(network), wrap(context.detached), x0, key,
                 r=trigflow.tangent_warmup(context.step, warmup),
@@ -453,8 +454,6 @@ def _extra_emas(config):
     of CD (mu, Song et al. 2023, Alg. 2), CT (mu(k), App. C) and shortcut models (Frans et al.
     2024), and progressive distillation's stage teacher: a copy of the student taken at the end
     of every stage (decay 0 there, 1 elsewhere; Salimans & Ho 2022, Alg. 2)."""
-    from diffusion_jax import training
-
     fm = config.flowmap
     if fm.objective in ("cd", "ctm", "shortcut"):
         return {"target": training.ema_constant(fm.target_decay)}
