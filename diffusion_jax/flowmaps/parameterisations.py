@@ -90,10 +90,10 @@ class ConsistencyModel:
 class CTMFlowMap:
     """Consistency trajectory model ``G(x, t, s) = (s / t) x + (1 - s / t) g(x, t, s)`` (Kim et al.
     2023, eq. 6 ff.) around an inner denoiser-style network with EDM preconditioning in ``t``:
-    ``g = c_skip(t) x + c_out(t) F(c_in(t) x, c_noise(t), cond, c_noise_to=c_noise(s))``. ``s``
-    enters the network as ``ln(max(s, sigma_min)) / 4`` (the embedding needs a finite time; CTM
-    trains and samples with ``s >= sigma_min``). ``G(x, t, t) = x`` exactly; ``g(x, t, t)`` is a
-    denoiser (:meth:`denoiser`, CTM's DSM term)."""
+    ``g = c_skip(t) x + c_out(t) F(c_in(t) x, c_noise(t), cond, c_noise_to)``. ``s`` enters the
+    network as ``c_noise_to = ln(s + sigma_min) / 4``: finite at ``s = 0`` and one-to-one, so the
+    jump to exactly 0 is representable (CTM itself trains with ``s >= sigma_min``). ``G(x, t, t)
+    = x`` exactly; ``g(x, t, t)`` is a denoiser (:meth:`denoiser`, CTM's DSM term)."""
 
     network: Any
     sigma_data: float = 0.5
@@ -104,7 +104,7 @@ class CTMFlowMap:
         x = _check_batched(x)
         sigma, sigma_to = per_example(sigma, x), per_example(sigma_to, x, "sigma_to")
         c_skip, c_out, c_in, c_noise = _edm_coefficients(sigma, self.sigma_data)
-        c_noise_to = 0.25 * jnp.log(jnp.maximum(sigma_to, self.sigma_min))
+        c_noise_to = 0.25 * jnp.log(sigma_to + self.sigma_min)
         output = _network_output(
             self.network, expand(c_in, x) * x, c_noise, cond, x, c_noise_to=c_noise_to
         )
