@@ -14,7 +14,6 @@ sampling needs (never the teacher), so it opens itself.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import sys
@@ -34,7 +33,7 @@ from diffusion_jax.recipes.builders import NETWORKS as STANDARD_NETWORKS
 from diffusion_jax.recipes.builders import as_config, is_image_data, pick
 from diffusion_jax.recipes.builders import network_kwargs as standard_network_kwargs
 from diffusion_jax.recipes.objectives import drop_labels
-from diffusion_jax.samplers.grids import karras_levels
+from diffusion_jax.samplers.grids import karras_interpolate, karras_levels
 
 __all__ = ["FAMILY", "NETWORKS", "OBJECTIVES", "SAMPLERS", "GRIDS", "network_kwargs",
            "model_entry", "model_from_spec", "make_loss_fn", "load_arrays", "train_extras",
@@ -282,28 +281,51 @@ def _ct_target_decay(config):
     return lambda step: curricula.ct_ema_decay(step, mu0=mu0, **curriculum)
 
 
+def _flow_map_level(fraction, *, sigma_min, sigma_max, rho):
+    """Level ``fraction`` (traced, in ``[0, 1]``) of the ``"karras"`` flow-map grid: a Karras
+    level, and 0 at ``fraction = 1`` (:func:`flow_map_sigmas` at ``i / num_steps``)."""
+    level = karras_interpolate(fraction, sigma_min, sigma_max, rho)
+    return jnp.where(fraction >= 1.0, 0.0, level)
+
+
 def _progressive_loss(config, wrap):
-    """Stage ``k = step // stage_steps`` of progressive distillation: the stage teacher (the
-    ``stage_teacher`` average, a copy of the student at the end of the previous stage; the
-    teacher run's weights at stage 0) takes two DDIM steps on the grid of
-    ``teacher_steps / 2^k`` steps (``flow_map_sigmas("karras", ...)``, whose halves nest)."""
+    """Stage ``k = step // stage_steps`` of progressive distillation (Salimans & Ho 2022, Alg. 2):
+    the student takes one DDIM step over ``[s, s'']`` of its ``N_k = teacher_steps / 2^(k+1)``
+    step grid, the stage teacher (the ``stage_teacher`` average: a copy of the student at the end
+    of the previous stage, the teacher run's weights at stage 0) two, through the midpoint ``s'``
+    of the ``2 N_k`` grid (``flow_map_sigmas("karras", ...)``, whose halvings nest). The step count
+    is traced, so all stages share one compiled step; the target and weight are
+    :func:`diffusion_jax.flowmaps.progressive.progressive_target` and ``max(SNR, 1)``."""
     from diffusion_jax.flowmaps import progressive
+    from diffusion_jax.samplers.steps import ddim_step
 
     fm = config.flowmap
     stage_steps, num_stages = _stage_steps(config), int(fm.progressive_num_stages)
-    grids = [flow_map_sigmas("karras", fm.progressive_teacher_steps // 2**k,
-                             sigma_min=fm.sigma_min, sigma_max=fm.sigma_max, rho=fm.rho)
-             for k in range(num_stages)]
+    first_steps = int(fm.progressive_teacher_steps) // 2
+    grid = {"sigma_min": float(fm.sigma_min), "sigma_max": float(fm.sigma_max),
+            "rho": float(fm.rho)}
     sigma_data = float(fm.sigma_data)
 
     def loss(network, context, x0, cond, key):
         student = wrap(network).denoiser
         teacher = _student_denoiser(context.ema["stage_teacher"], sigma_data)
-        branches = [functools.partial(progressive.progressive_distillation_loss, student, x0, key,
-                                      teacher=teacher, teacher_sigmas=grid, cond=cond)
-                    for grid in grids]
         stage = jnp.minimum(context.step // stage_steps, num_stages - 1)
-        return jax.lax.switch(stage, branches)
+        num_steps = (first_steps // 2**stage).astype(jnp.float32)  # the student's N_k
+        step_key, noise_key = jax.random.split(key)
+        batch = x0.shape[0]
+        index = jnp.floor(jax.random.uniform(step_key, (batch,)) * num_steps)
+        index = jnp.minimum(index, num_steps - 1.0)
+        sigma, sigma_mid, sigma_to = (
+            _flow_map_level(fraction, **grid).astype(x0.dtype)
+            for fraction in (index / num_steps, (index + 0.5) / num_steps,
+                             (index + 1.0) / num_steps))
+        x = x0 + base.expand(sigma, x0) * jax.random.normal(noise_key, x0.shape, x0.dtype)
+        x_mid = ddim_step(teacher, x, sigma, sigma_mid, cond=cond)
+        x_to = ddim_step(teacher, x_mid, sigma_mid, sigma_to, cond=cond)
+        target = jax.lax.stop_gradient(progressive.progressive_target(x, sigma, x_to, sigma_to))
+        weight = jnp.maximum(1.0 / jnp.square(sigma), 1.0)
+        error = jnp.square(student(x, sigma, cond) - target)
+        return weight * jnp.mean(error, axis=tuple(range(1, x0.ndim)))
 
     return loss
 
