@@ -176,7 +176,7 @@ def diffusion_cross_entropy(epsilon_model, z0, key, *, process: Process, t_min=1
     distribution ``~ g^2 / sigma^2`` on ``[t_min, T]`` (``importance_sampling``) or uniform.
     Averaged over a posterior ``q(z0|x)`` it is the cross entropy ``CE(q || p)``.
     """
-    if not 0.0 < t_min < process.t_max:
+    if not isinstance(process.t_max, jax.core.Tracer) and not 0.0 < t_min < process.t_max:
         raise ValueError(f"t_min must lie in (0, t_max = {process.t_max}); got {t_min}")
     if importance_sampling:
         t_distribution = LogUniformSigma(sigma_min=process.ve_sigma(t_min),
