@@ -21,6 +21,7 @@ learned in ``(sigma_floor, sigma_max)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import diffrax
@@ -95,11 +96,23 @@ def num_logits(num_steps, sigma_floor=None):
     return num_steps - 1 + (0 if sigma_floor is None else 1)
 
 
+# Share of the log range spread evenly over the increments, so every level is strictly below
+# the one before (a softmax alone underflows to equal levels for logits far apart).
+_EVEN_SHARE = 1e-3
+
+
+def _weights(logits):
+    """Increment weights: ``(1 - e) softmax(logits) + e / K`` (positive, summing to 1)."""
+    count = logits.shape[0]
+    return (1.0 - _EVEN_SHARE) * jax.nn.softmax(logits) + _EVEN_SHARE / max(count, 1)
+
+
 def grid_from_logits(logits, sigma_max, sigma_min, sigma_floor=None):
     """The grid ``sigma_0 = sigma_max > ... > sigma_{N-1} > sigma_N = 0`` of free ``logits``
     (LD3's monotone parameterisation, Tong et al. 2025, Sec. 3.2, in log sigma):
     ``log sigma_i = log sigma_max + F_i (log low - log sigma_max)`` with ``F`` the cumulative
-    softmax of the logits and ``low = sigma_min`` (``sigma_{N-1} = sigma_min`` exactly, ``N - 1``
+    sum of the weights ``(1 - e) softmax(logits) + e / K`` (``e = 1e-3``, so the levels are
+    strictly descending even for logits far apart) and ``low = sigma_min`` (``sigma_{N-1} = sigma_min`` exactly, ``N - 1``
     logits) or ``low = sigma_floor`` (``sigma_{N-1}`` free above it, ``N`` logits; the last
     softmax weight is the gap below ``sigma_{N-1}``). Monotone and ending in 0 for every value.
     """
@@ -109,7 +122,7 @@ def grid_from_logits(logits, sigma_max, sigma_min, sigma_floor=None):
     log_high, log_low = _log_range(sigma_max, sigma_min, sigma_floor)
     dtype = jnp.result_type(logits.dtype, float)
     log_high, log_low = log_high.astype(dtype), log_low.astype(dtype)
-    fractions = jnp.cumsum(jax.nn.softmax(logits.astype(dtype)))
+    fractions = jnp.cumsum(_weights(logits.astype(dtype)))
     if sigma_floor is None:  # interior levels, then sigma_min exactly
         inner = log_high + fractions[:-1] * (log_low - log_high)
         ends = [log_high[None], inner] + ([log_low[None]] if logits.shape[0] else [])
@@ -121,8 +134,8 @@ def grid_from_logits(logits, sigma_max, sigma_min, sigma_floor=None):
 
 def logits_from_grid(sigmas, sigma_floor=None):
     """Logits whose :func:`grid_from_logits` is ``sigmas`` (with ``sigma_max = sigmas[0]``,
-    ``sigma_min = sigmas[-2]``): the logs of the log-sigma increments (softmax is invariant to a
-    shift, so ``softmax(log d) = d / sum(d)``)."""
+    ``sigma_min = sigmas[-2]``): the logs of the log-sigma increments' weights less the even
+    share (softmax is invariant to a shift); increments below the even share are clipped to it."""
     levels = np.asarray(sigmas, np.float64)[:-1]
     if levels.size < 1 or not np.all(np.diff(levels) < 0) or levels[-1] <= 0:
         raise ValueError(f"sigmas must descend to a positive level before the final 0; got {sigmas}")
@@ -131,7 +144,10 @@ def logits_from_grid(sigmas, sigma_floor=None):
         if not 0.0 < sigma_floor < levels[-1]:
             raise ValueError(f"sigma_floor must lie in (0, {levels[-1]}); got {sigma_floor}")
         gaps = np.append(gaps, np.log(levels[-1] / sigma_floor))
-    return np.log(gaps)
+    if gaps.size == 0:
+        return gaps
+    shares = (gaps / gaps.sum() - _EVEN_SHARE / gaps.size) / (1.0 - _EVEN_SHARE)
+    return np.log(np.maximum(shares, 1e-12))
 
 
 def check_grid_length(sigmas, num_steps, where="learned grid"):
@@ -187,17 +203,23 @@ def sampler_teacher(sampler, num_steps, rho=7.0, options=None):
 
     def teacher(denoiser, noise, sigma_max, sigma_min, cond=None):
         sigmas = karras_sigmas(num_steps, sigma_min, sigma_max, rho).astype(noise.dtype)
-        x0 = filter_jit(info.fn)(denoiser, noise, sigmas, cond=cond, **options)
+        x0 = _jitted(info.fn)(denoiser, noise, sigmas, cond=cond, **options)
         return x0, info.nfe_function(options or None)(num_steps)
 
     return teacher
 
 
+@functools.cache
+def _jitted(fn):
+    """One ``filter_jit`` wrapper per sampler function (so its compilations are reused)."""
+    return filter_jit(fn)
+
+
 def endpoint_rms(denoiser, sampler, sigmas, noise, targets, *, cond=None, options=None):
     """RMS over examples and dimensions of ``sampler(denoiser, noise, sigmas) - targets``."""
     info, options = deterministic_sampler(sampler, options)
-    x0 = filter_jit(info.fn)(denoiser, noise, jnp.asarray(sigmas, noise.dtype), cond=cond,
-                             **options)
+    x0 = _jitted(info.fn)(denoiser, noise, jnp.asarray(sigmas, noise.dtype), cond=cond,
+                          **options)
     return float(jnp.sqrt(jnp.mean((x0 - targets) ** 2)))
 
 
