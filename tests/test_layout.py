@@ -12,7 +12,8 @@ LAYERS = {
     "infrastructure": ("callables", "pytrees", "typing", "networks", "data", "training", "sharding",
                        "checkpoints", "runlock", "metrics"),
     "core": ("processes", "denoisers", "schedules", "losses", "samplers", "likelihood",
-             "guidance", "analytic", "learned_schedule"),
+             "guidance", "analytic", "learned_schedule",
+             "grid_learning"),
     "families": ("flows", "flowmaps", "discrete", "latent"),
     "recipes": ("recipes",),
 }
