@@ -181,3 +181,85 @@ def test_bad_input_is_a_one_line_error(problem):
                                  init_sigmas=samplers.karras_sigmas(3))
     with pytest.raises(ValueError, match="unknown sampler"):
         grid_learning.gits_grid(denoiser, 4, noises=train, sampler="nope")
+
+
+# -- stored with a run: recipes.grid_learning, learn_grid.py, sample.py --grid learned ----------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny two-moons run trained for a few steps (the grid is learned for whatever it is)."""
+    from configs import tiny
+    from diffusion_jax import recipes
+
+    workdir = tmp_path_factory.mktemp("grid_run")
+    config = tiny.get_config()
+    config.train.num_steps = 20
+    config.train.checkpoint_every = 20
+    config.train.num_grid_samples = 8
+    recipes.train(config, str(workdir))
+    return str(workdir)
+
+
+def _cli(*args):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
+    return subprocess.run([sys.executable, *args, "--compilation_cache_dir="], cwd=root,
+                          env=dict(env, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                          timeout=400)
+
+
+def test_run_grid_is_stored_and_used_by_grid_learned(tiny_run):
+    import json
+
+    from diffusion_jax import recipes
+    from diffusion_jax.recipes import grid_learning as run_grids
+
+    with jax.enable_x64(False):
+        path, record = run_grids.learn_run_grid(
+            tiny_run, sampler="dpmpp_2m", num_steps=4, num_noises=8, num_eval_noises=8,
+            num_iterations=5, learning_rate=0.1, teacher="heun:8")
+        assert path == run_grids.grid_path(tiny_run, "dpmpp_2m", 4)
+        stored = json.load(open(path))
+        for field in ("sigmas", "method", "teacher", "train_rms", "held_out_rms",
+                      "num_teacher_solves", "wall_time_s", "settings"):
+            assert field in stored
+        assert stored["train_rms"]["learned"] < stored["train_rms"]["karras"]
+        run = recipes.load(tiny_run)
+        sigmas = recipes.build_grid(run.config, "learned", 4, workdir=tiny_run, sampler="dpmpp_2m")
+        np.testing.assert_allclose(sigmas, stored["sigmas"], rtol=1e-6)
+        _assert_valid_grid_at(sigmas, 4, run.config.sample.sigma_max)
+        samples, _ = recipes.generate(run.denoiser, run.config, num_samples=4, seed=0,
+                                      sampler="dpmpp_2m", grid="learned", num_steps=4,
+                                      workdir=tiny_run)
+        direct = samplers.dpmpp_2m(run.denoiser, recipes.sample_noise(jax.random.split(
+            jax.random.key(0))[0], 0, 4, (2,)), sigmas)
+        np.testing.assert_allclose(samples, direct, rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="has 4 steps but the sampler is asked for 6"):
+            with open(run_grids.grid_path(tiny_run, "dpmpp_2m", 6), "w") as f:
+                json.dump(dict(stored, num_steps=6), f)
+            recipes.build_grid(run.config, "learned", 6, workdir=tiny_run, sampler="dpmpp_2m")
+
+
+def _assert_valid_grid_at(sigmas, num_steps, sigma_max):
+    sigmas = np.asarray(sigmas)
+    assert sigmas.shape == (num_steps + 1,) and sigmas[-1] == 0.0
+    assert np.all(np.diff(sigmas) < 0)
+    np.testing.assert_allclose(sigmas[0], sigma_max, rtol=1e-6)
+
+
+def test_learn_grid_cli_then_sample_cli(tiny_run):
+    learned = _cli("learn_grid.py", "--workdir", tiny_run, "--sampler", "euler", "--num_steps",
+                   "3", "--method", "gits", "--num_noises", "8", "--num_eval_noises", "8",
+                   "--num_levels", "16")
+    assert learned.returncode == 0, learned.stderr[-3000:]
+    assert "held-out RMS endpoint error" in learned.stdout
+    missing = _cli("sample.py", "--workdir", tiny_run, "--sampler", "euler", "--num_steps", "5",
+                   "--grid", "learned", "--num_samples", "4")
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    errors = [line for line in missing.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1 and "euler_3.json" in errors[0], missing.stderr[-2000:]

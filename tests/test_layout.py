@@ -19,7 +19,7 @@ LAYERS = {
 }
 ORDER = list(LAYERS)
 FAMILIES = set(LAYERS["families"])
-CLIS = ("train.py", "sample.py", "evaluate.py")
+CLIS = ("train.py", "sample.py", "evaluate.py", "learn_grid.py")
 
 
 def _top(module):
