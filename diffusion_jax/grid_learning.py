@@ -446,6 +446,7 @@ def gits_grid(
     cond=None,
     sampler="euler",
     options=None,
+    states=None,
 ):
     """GITS (Chen et al. 2024, Alg. 1): the grid of ``num_steps`` steps through ``num_levels``
     fine Karras levels (Karras et al. 2022, eq. 5) that minimises the summed RMS local errors of
@@ -453,7 +454,9 @@ def gits_grid(
     step to 0 from the last chosen level (so ``sigma_{N-1}`` is chosen too). One adaptive teacher
     trajectory per noise and one denoiser evaluation per fine level. ``sampler`` only names the
     sampler the grid is reported for (``rms_before`` / ``rms_after``: its endpoint RMS against
-    the teacher on the Karras grid / on the GITS grid, training noises)."""
+    the teacher on the Karras grid / on the GITS grid, training noises). ``states``: the
+    :func:`teacher_trajectory` of ``noises`` at the fine levels, if already computed (one
+    trajectory serves every ``num_steps``)."""
     info, options = deterministic_sampler(sampler, options)
     noises = check_batched_float(noises, "noises")
     _check_learning_options(num_steps, 0, 1.0, 0.0, None, noises.shape[0])
@@ -461,7 +464,12 @@ def gits_grid(
         raise ValueError(f"num_levels must be an int >= num_steps={num_steps}; got {num_levels!r}")
     start = time.perf_counter()
     levels = karras_levels(num_levels, sigma_min, sigma_max, rho).astype(noises.dtype)
-    states = teacher_trajectory(denoiser, noises, levels, cond=cond)
+    solves = 0 if states is not None else noises.shape[0]
+    if states is None:
+        states = teacher_trajectory(denoiser, noises, levels, cond=cond)
+    elif jnp.shape(states) != (num_levels, *noises.shape):
+        raise ValueError(f"states must have shape {(num_levels, *noises.shape)} (fine levels, "
+                         f"noises); got {jnp.shape(states)}")
     cost, final = _local_costs(denoiser, states, levels, cond)
     path = _shortest_path(cost, final, num_steps, free_end)
     sigmas = np.append(np.asarray(levels)[path], 0.0)
@@ -471,7 +479,7 @@ def gits_grid(
         sigmas=sigmas, method="gits", sampler=info.name, num_steps=num_steps,
         rms_before=endpoint_rms(denoiser, info, karras, noises, targets, cond=cond, options=options),
         rms_after=endpoint_rms(denoiser, info, sigmas, noises, targets, cond=cond, options=options),
-        loss_history=(), num_teacher_solves=noises.shape[0],
+        loss_history=(), num_teacher_solves=solves,
         wall_time_s=time.perf_counter() - start,
         settings=dict(options=options, sigma_max=float(sigma_max), sigma_min=float(sigma_min),
                       num_levels=num_levels, rho=float(rho), free_end=free_end,
