@@ -34,6 +34,7 @@ def define_flags():
     flags.DEFINE_integer("batch_size", None, "LD3: noises per step (default: all).")
     flags.DEFINE_bool("learn_sigma_min", True, "Also learn the last level above 0.")
     flags.DEFINE_integer("num_levels", 128, "GITS: fine Karras levels of the DP.")
+    flags.DEFINE_enum("init", "karras", ["karras", "gits"], "LD3: the starting grid.")
     flags.DEFINE_integer("seed", 0, "Seed of the training noises (held-out: seed + 1).")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest readable one).")
     flags.DEFINE_string("ema", None, "'first', 'raw' or an EMA name (default: the config's).")
@@ -67,7 +68,7 @@ def main(argv):
             num_iterations=FLAGS.num_iterations, learning_rate=FLAGS.learning_rate,
             radius=FLAGS.radius, batch_size=FLAGS.batch_size,
             learn_sigma_min=FLAGS.learn_sigma_min, num_levels=FLAGS.num_levels,
-            output=FLAGS.output,
+            init=FLAGS.init, output=FLAGS.output,
         )
     except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as error:
         runtime.fail(error)

@@ -447,6 +447,7 @@ def gits_grid(
     sampler="euler",
     options=None,
     states=None,
+    rtol=1e-7,
 ):
     """GITS (Chen et al. 2024, Alg. 1): the grid of ``num_steps`` steps through ``num_levels``
     fine Karras levels (Karras et al. 2022, eq. 5) that minimises the summed RMS local errors of
@@ -456,7 +457,8 @@ def gits_grid(
     sampler the grid is reported for (``rms_before`` / ``rms_after``: its endpoint RMS against
     the teacher on the Karras grid / on the GITS grid, training noises). ``states``: the
     :func:`teacher_trajectory` of ``noises`` at the fine levels, if already computed (one
-    trajectory serves every ``num_steps``)."""
+    trajectory serves every ``num_steps``); ``rtol``: its tolerance (``rtol = atol``; about 1e-5
+    for a float32 network)."""
     info, options = deterministic_sampler(sampler, options)
     noises = check_batched_float(noises, "noises")
     _check_learning_options(num_steps, 0, 1.0, 0.0, None, noises.shape[0])
@@ -466,7 +468,7 @@ def gits_grid(
     levels = karras_levels(num_levels, sigma_min, sigma_max, rho).astype(noises.dtype)
     solves = 0 if states is not None else noises.shape[0]
     if states is None:
-        states = teacher_trajectory(denoiser, noises, levels, cond=cond)
+        states = teacher_trajectory(denoiser, noises, levels, cond=cond, rtol=rtol, atol=rtol)
     elif jnp.shape(states) != (num_levels, *noises.shape):
         raise ValueError(f"states must have shape {(num_levels, *noises.shape)} (fine levels, "
                          f"noises); got {jnp.shape(states)}")
@@ -483,5 +485,5 @@ def gits_grid(
         wall_time_s=time.perf_counter() - start,
         settings=dict(options=options, sigma_max=float(sigma_max), sigma_min=float(sigma_min),
                       num_levels=num_levels, rho=float(rho), free_end=free_end,
-                      num_noises=noises.shape[0], path=path),
+                      num_noises=noises.shape[0], rtol=rtol, path=path),
     )

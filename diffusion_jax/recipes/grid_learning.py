@@ -84,10 +84,13 @@ def _noise_set(config, seed, count):
 def learn_run_grid(workdir, *, sampler, num_steps, method="ld3", run=None, num_noises=64,
                    num_eval_noises=64, seed=0, teacher="adaptive", teacher_rtol=1e-5,
                    num_iterations=100, learning_rate=0.05, radius=0.0, batch_size=None,
-                   learn_sigma_min=True, num_levels=128, step=None, ema="config", output=None):
+                   learn_sigma_min=True, num_levels=128, init="karras", step=None,
+                   ema="config", output=None):
     """Learn, evaluate on held-out noise and store the grid of ``sampler`` with ``num_steps``
     steps for the run in ``workdir`` (``run``: an already loaded ``recipes.load`` result).
-    Returns ``(path, record)``; ``record`` is the stored JSON dict."""
+    ``init``: LD3's starting grid, ``"karras"`` (rho 7) or ``"gits"`` (the GITS grid, one
+    adaptive teacher trajectory per training noise more). Returns ``(path, record)``;
+    ``record`` is the stored JSON dict."""
     from diffusion_jax.recipes.loading import load
 
     if method not in METHODS:
@@ -102,18 +105,24 @@ def learn_run_grid(workdir, *, sampler, num_steps, method="ld3", run=None, num_n
     eval_denoiser = _guided(run.denoiser, config, eval_cond, num_eval_noises)
     teach = make_teacher(teacher, teacher_rtol)
     sigma_max, sigma_min = float(sc.sigma_max), float(sc.sigma_min)
+    if init not in ("karras", "gits"):
+        raise ValueError(f"init must be 'karras' or 'gits'; got {init!r}")
+    init_sigmas, gits_seconds = None, 0.0
+    if method == "gits" or init == "gits":
+        gits = grid_learning.gits_grid(
+            denoiser, num_steps, noises=noises, cond=cond, sigma_max=sigma_max,
+            sigma_min=sigma_min, num_levels=num_levels, free_end=learn_sigma_min, sampler=info,
+            rtol=teacher_rtol,
+        )
+        init_sigmas, gits_seconds, result = gits.sigmas, gits.wall_time_s, gits
     if method == "ld3":
         result = grid_learning.learn_grid(
             denoiser, info, num_steps, noises=noises, teacher=teach, cond=cond,
+            init_sigmas=init_sigmas,
             sigma_max=sigma_max, sigma_min=sigma_min,
             sigma_floor=sigma_min / 10 if learn_sigma_min else None,
             num_iterations=num_iterations, learning_rate=learning_rate, radius=radius,
             batch_size=batch_size, key=jax.random.key(seed),
-        )
-    else:
-        result = grid_learning.gits_grid(
-            denoiser, num_steps, noises=noises, cond=cond, sigma_max=sigma_max,
-            sigma_min=sigma_min, num_levels=num_levels, free_end=learn_sigma_min, sampler=info,
         )
     eval_targets, _ = teach(eval_denoiser, eval_noises, sigma_max, sigma_min, eval_cond)
     karras = samplers.karras_sigmas(num_steps, sigma_min, sigma_max, float(sc.rho))
@@ -128,7 +137,8 @@ def learn_run_grid(workdir, *, sampler, num_steps, method="ld3", run=None, num_n
         "method": result.method, "teacher": teacher, "teacher_rtol": teacher_rtol,
         "train_rms": {"karras": result.rms_before, "learned": result.rms_after},
         "held_out_rms": held_out, "num_teacher_solves": result.num_teacher_solves,
-        "num_eval_teacher_solves": num_eval_noises, "wall_time_s": result.wall_time_s,
+        "num_eval_teacher_solves": num_eval_noises, "init": init if method == "ld3" else None,
+        "wall_time_s": result.wall_time_s + (gits_seconds if method == "ld3" else 0.0),
         "loss_history": [float(v) for v in result.loss_history],
         "settings": {k: v for k, v in result.settings.items() if k != "path"},
         "seed": seed, "run_step": run.step, "ema": run.ema,
