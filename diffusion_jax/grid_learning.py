@@ -296,6 +296,8 @@ def learn_grid(
       :func:`gits_grid`); ``sigma_floor``: learn ``sigma_{N-1}`` above it.
     * ``batch_size``: examples per iteration (default all; cycles through a fixed permutation
       drawn with ``key``).
+
+    Returns the best grid seen (never worse on the training noises than ``init_sigmas``).
     """
     info, options = deterministic_sampler(sampler, options)
     noises = check_batched_float(noises, "noises")
@@ -344,16 +346,27 @@ def learn_grid(
         jax.random.key(0) if key is None else key, count))
     deltas = jnp.zeros_like(noises)
     opt_state = optimizer.init(logits)
-    history = []
+    # The result is the best grid seen: with the full batch and no ball the loss of each
+    # iteration is the objective at the logits before its update; else only the last iterate
+    # competes with the start.
+    exact_objective = batch == count and float(radius) == 0.0
+    history, best = [], (rms_before, logits)
     for iteration in range(num_iterations):
         rows = order[(iteration * batch + np.arange(batch)) % count]
         batch_cond = None if cond is None else jax.tree.map(lambda c, r=rows: c[r], cond)
+        previous = logits
         logits, opt_state, delta, loss = update(
             logits, opt_state, deltas[rows], denoiser, noises[rows], targets[rows], batch_cond)
         deltas = deltas.at[rows].set(delta)
         history.append(float(loss))
-    sigmas = np.asarray(grid_from_logits(logits, sigma_max, sigma_min, sigma_floor))
+        if exact_objective and np.sqrt(history[-1]) < best[0]:
+            best = (float(np.sqrt(history[-1])), previous)
+    last = float(full_rms(logits, denoiser, noises, targets, cond))
+    if last < best[0]:
+        best = (last, logits)
+    logits = best[1]
     rms_after = float(full_rms(logits, denoiser, noises, targets, cond))
+    sigmas = np.asarray(grid_from_logits(logits, sigma_max, sigma_min, sigma_floor))
     return LearnedGrid(
         sigmas=sigmas, method="ld3", sampler=info.name, num_steps=num_steps,
         rms_before=rms_before, rms_after=rms_after, loss_history=tuple(history),
