@@ -467,13 +467,13 @@ def print_accuracy(title, ours, peers, nfes):
             print(f"| {nfe} | {best_ours[0]:.2e} {best_ours[1]} | {best_peer[0]:.2e} {best_peer[1]} |")
 
 
-def add_learned(report, dim, torch_python):
+def add_learned(report, dim, torch_python, names=LEARNED_SAMPLERS):
     """Learned grids at d = ``dim`` and the peers at every NFE of :data:`LEARNED_NFES` into
     ``report`` (``learned``, ``learned_cost``, ``peers_learned_nfes``)."""
     denoiser = mixture(dim, 8, seed=dim)
     noise = jax.random.normal(jax.random.key(10 + dim), (256, dim), jnp.float64)
     exact = reference_endpoint(denoiser, noise)
-    learned, cost = learned_table(denoiser, noise, exact, LEARNED_NFES)
+    learned, cost = learned_table(denoiser, noise, exact, LEARNED_NFES, names)
     peers, note = peer_table(torch_python, denoiser, noise, exact, LEARNED_NFES)
     if note:
         print(note, file=sys.stderr)
@@ -501,12 +501,14 @@ def main():
     parser.add_argument("--learned-only", action="store_true",
                         help="only the learned grids and the peers at their NFEs, added to the "
                              "existing --output JSON")
+    parser.add_argument("--learned-dims", default="64,2", help="dimensions of --learned-only")
+    parser.add_argument("--learned-samplers", default=",".join(LEARNED_SAMPLERS))
     args = parser.parse_args()
     if args.learned_only:
         with open(args.output) as f:
             report = json.load(f)
-        for dim in (64, 2):
-            add_learned(report, dim, args.torch_python)
+        for dim in map(int, args.learned_dims.split(",")):
+            add_learned(report, dim, args.torch_python, tuple(args.learned_samplers.split(",")))
             with open(args.output, "w") as f:
                 json.dump(report, f, indent=1, default=float)
         print(f"\nwrote {args.output}")
