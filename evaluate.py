@@ -98,7 +98,7 @@ def main(argv):
                 seed=FLAGS.seed, reference_dir=eval_dir, reference_split=FLAGS.reference_split,
                 reference=FLAGS.reference, inception_weights=FLAGS.inception_weights,
                 sampler=FLAGS.sampler, grid=FLAGS.grid, num_steps=FLAGS.num_steps,
-                batch_size=FLAGS.batch_size, progress=True,
+                batch_size=FLAGS.batch_size, progress=True, workdir=FLAGS.workdir,
             )
     except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as error:
         runtime.fail(error)

@@ -27,7 +27,8 @@ def define_flags():
                         "--list_samplers shows them.")
     flags.DEFINE_bool("list_samplers", False, "Print the sampler table and exit.")
     flags.DEFINE_multi_string("option", [], "Sampler option name=value, e.g. s_churn=40.")
-    flags.DEFINE_string("grid", None, "Sigma grid name (default: the config's).")
+    flags.DEFINE_string("grid", None, "Sigma grid name (default: the config's); 'learned': "
+                        "the run's grids/<sampler>_<num_steps>.json (learn_grid.py).")
     flags.DEFINE_integer("num_steps", None, "Number of sampler steps (>= 1).")
     flags.DEFINE_integer("num_samples", None, "Number of samples (>= 1).")
     flags.DEFINE_integer("batch_size", None, "Samples per batch (does not change the samples).")
@@ -89,7 +90,7 @@ def main(argv):
             sampler, grid = FLAGS.sampler or sc.sampler, FLAGS.grid or sc.grid
             num_steps = sc.num_steps if FLAGS.num_steps is None else FLAGS.num_steps
             method = dict(sampler=sampler, grid=grid, num_steps=num_steps,
-                          guidance_scale=FLAGS.guidance_scale)
+                          guidance_scale=FLAGS.guidance_scale, workdir=FLAGS.workdir)
             name = f"{sampler}_{grid}_{num_steps}"
         else:  # the family's own samplers (its default when --sampler is not given)
             sampler, num_steps = FLAGS.sampler, FLAGS.num_steps
