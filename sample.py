@@ -36,7 +36,8 @@ def define_flags():
     flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance weight (1: conditional).")
     flags.DEFINE_integer("class", None, "Class label of every sample (class-conditional runs).")
     flags.DEFINE_list("labels", None, "Comma-separated class label per sample.")
-    flags.DEFINE_string("ema", None, "'first', 'raw' or an EMA name (default: the config's).")
+    flags.DEFINE_string("ema", None, "'first', 'raw', an EMA name or sigma_rel=0.08 (post-hoc "
+                        "EMA from the run's snapshots; default: the config's).")
     flags.DEFINE_string("output", None, "Output .npz path (default under workdir/samples).")
     flags.DEFINE_string("compilation_cache_dir", runtime.DEFAULT_CACHE_DIR,
                         "Persistent XLA compilation cache ('' disables it).")

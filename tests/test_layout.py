@@ -10,7 +10,8 @@ PACKAGE = os.path.join(ROOT, "diffusion_jax")
 # lowest first; a module may import only from its own layer or the layers below
 LAYERS = {
     "infrastructure": ("callables", "pytrees", "typing", "networks", "data", "training", "sharding",
-                       "checkpoints", "runlock", "metrics"),
+                       "checkpoints", "runlock", "metrics",
+                       "posthoc_ema"),
     "core": ("processes", "denoisers", "schedules", "losses", "samplers", "likelihood",
              "guidance", "analytic", "learned_schedule",
              "grid_learning"),
