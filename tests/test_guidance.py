@@ -233,3 +233,48 @@ def test_bad_input_is_a_one_line_error():
             make()
     with pytest.raises(ValueError, match="logits"):
         guidance.classifier_guidance(model, lambda x, s: x[:, 0], 2.0)(x, 1.0, jnp.array([0, 1, 0]))
+
+
+def _digits_model(**overrides):
+    import os
+
+    from flax import nnx
+
+    from diffusion_jax import recipes
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = recipes.load_config(os.path.join(root, "configs", "digits_edm.py"),
+                                 {"model.base_channels": 8, **overrides})
+    network, wrap = recipes.build_model(config)
+    params = nnx.state(network, nnx.Param)  # leave the zero-initialised output: labels matter
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(0), len(leaves))
+    nnx.update(network, jax.tree.unflatten(tree, [
+        leaf + 0.05 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]))
+    return wrap(network), config
+
+
+def test_recipe_guidance_matches_the_library_transforms():
+    from diffusion_jax import recipes
+    from diffusion_jax.recipes import guided
+
+    denoiser, config = _digits_model()
+    common = dict(num_samples=2, seed=0, num_steps=2, labels=4)
+    plain, _ = recipes.generate(denoiser, config, guidance_scale=0.0, **common)
+    legacy, _ = recipes.generate(denoiser, config, guidance_scale=2.5, **common)
+    assert float(np.max(np.abs(legacy - plain))) > 1e-3  # guidance changes the samples
+    spec = guided.Guidance("cfg", 2.5)
+    np.testing.assert_allclose(recipes.generate(denoiser, config, guidance_spec=spec, **common)[0],
+                               legacy, rtol=1e-4, atol=1e-4)
+    outside = guided.Guidance("apg", 2.5, interval=(500.0, 1000.0))  # above every grid level
+    np.testing.assert_allclose(
+        recipes.generate(denoiser, config, guidance_spec=outside, **common)[0], plain,
+        rtol=1e-4, atol=1e-4)
+    itself = guided.Guidance("autoguidance", 3.0)  # guided by itself: the plain model
+    np.testing.assert_allclose(
+        recipes.generate(denoiser, config, guidance_spec=itself, guide=denoiser, **common)[0],
+        plain, rtol=1e-4, atol=1e-4)
+    unconditional, config = _digits_model(**{"train.class_conditional": False})
+    with pytest.raises(ValueError, match="needs class labels but the model is not class"):
+        recipes.generate(unconditional, config, guidance_spec=spec, num_samples=2, seed=0,
+                         num_steps=2)
