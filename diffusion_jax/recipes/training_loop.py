@@ -11,11 +11,12 @@ import dataclasses
 import math
 import os
 import time
+from typing import Any
 
 import jax
 import numpy as np
 
-from diffusion_jax import checkpoints, data, runlock, sharding, training
+from diffusion_jax import callables, checkpoints, data, runlock, sharding, training
 from diffusion_jax.recipes import runtime
 from diffusion_jax.recipes.builders import COMPUTE_DTYPES, as_config, build_model, model_spec
 from diffusion_jax.recipes.config_check import check_resume_config, validate_config
@@ -24,7 +25,7 @@ from diffusion_jax.recipes.families import family_module
 from diffusion_jax.recipes.objectives import ema_schedules
 from diffusion_jax.recipes.writers import MetricWriter
 
-__all__ = ["TrainResult", "check_workdir", "train"]
+__all__ = ["TrainExtras", "TrainResult", "check_workdir", "train"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,50 @@ class TrainResult:
     metrics: dict
     step: int
     stopped: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainExtras:
+    """What a family's optional ``train_extras(config)`` hook adds to the train step.
+
+    ``with_context``: the family's loss is ``loss_fn(network, batch, key, context)`` reading a
+    :class:`diffusion_jax.training.LossContext` (step, EMA networks, the stop-gradient online
+    network, ``frozen``). ``frozen``: any pytree (a distillation teacher, a codec) passed to every
+    step, replicated over the mesh, never differentiated, updated or checkpointed; ``None`` when
+    the loss needs none.
+    """
+
+    with_context: bool = False
+    frozen: Any = None
+
+
+def train_extras(family, config) -> TrainExtras:
+    """The family's :class:`TrainExtras` (``family.train_extras(config)``; none by default)."""
+    hook = getattr(family, "train_extras", None)
+    extras = hook(config) if hook is not None else TrainExtras()
+    if not isinstance(extras, TrainExtras):
+        raise TypeError(f"{family.__name__}.train_extras must return a TrainExtras; got "
+                        f"{type(extras).__name__}")
+    if extras.frozen is not None and not extras.with_context:
+        raise ValueError(f"{family.__name__}.train_extras gives a frozen pytree but "
+                         "with_context=False: the loss could not read it")
+    return extras
+
+
+def _compile_step(step_fn, state_sharding, data_sharding, mesh, frozen):
+    """``step(state, batch)`` compiled over the mesh; a frozen pytree is split once into its
+    arrays (placed replicated, an argument of every call) and its static rest (merged inside)."""
+    if frozen is None:
+        return sharding.compile_train_step(step_fn, state_sharding, data_sharding)
+    arrays, static = callables.split(frozen)
+
+    def step_with_frozen(state, batch, frozen_arrays):
+        return step_fn(state, batch, callables.merge(frozen_arrays, static))
+
+    placed = sharding.place_state(arrays, sharding.state_shardings(arrays, mesh))
+    compiled = sharding.compile_train_step(step_with_frozen, state_sharding, data_sharding,
+                                           frozen_sharding=sharding.replicated(mesh))
+    return lambda state, batch: compiled(state, batch, placed)
 
 
 def check_workdir(workdir):
@@ -156,6 +201,7 @@ def _train_locked(config, workdir, allow_config_change):
               + " (raise --config.train.num_steps to train longer)", flush=True)
         return TrainResult(metrics=previous, step=start_step, stopped=False)
 
+    extras = train_extras(family, config)
     step_fn = training.make_train_step(
         parts,
         family.make_loss_fn(config, wrap),
@@ -164,10 +210,11 @@ def _train_locked(config, workdir, allow_config_change):
         learning_rate=lr_schedule,
         compute_dtype=COMPUTE_DTYPES[tc.compute_dtype],
         steps_per_call=tc.steps_per_call,
+        with_context=extras.with_context,
     )
     stacked = tc.steps_per_call > 1
     data_sharding = sharding.batch_sharding(mesh, stacked=stacked)
-    compiled = sharding.compile_train_step(step_fn, state_sharding, data_sharding)
+    compiled = _compile_step(step_fn, state_sharding, data_sharding, mesh, extras.frozen)
     batches = _batch_iterator(config, arrays, local_batch, start_step)
 
     pending = []  # (step, device metrics) not yet checked on the host
