@@ -22,7 +22,7 @@ import time
 from absl import app, flags
 
 from diffusion_jax import checkpoints
-from diffusion_jax.recipes import runtime
+from diffusion_jax.recipes import guided, runtime
 
 FLAGS = flags.FLAGS
 
@@ -53,6 +53,8 @@ def define_flags():
     flags.DEFINE_string("output", None, "Report path (default workdir/eval/report.json).")
     flags.DEFINE_string("compilation_cache_dir", runtime.DEFAULT_CACHE_DIR,
                         "Persistent XLA compilation cache ('' disables it).")
+    flags.DEFINE_float("guidance_scale", None, "Guidance weight (1: conditional).")
+    guided.define_flags(flags)
 
 
 def main(argv):
@@ -94,13 +96,17 @@ def main(argv):
             )
             report["bits_per_dim"] = dict(bpd, split=FLAGS.split)
             print(f"bits/dim on {FLAGS.split}: {bpd['mean']:.4f}", flush=True)
+        spec, guide = (guided.from_flags(FLAGS, FLAGS.guidance_scale, FLAGS.workdir)
+                       if family.FAMILY == "gaussian" else (None, None))
+
         def sample_quality(denoiser, progress=True):
             return evaluation.evaluate_samples(
                 denoiser, config, num_samples=FLAGS.num_samples or config.eval.num_samples,
                 seed=FLAGS.seed, reference_dir=eval_dir, reference_split=FLAGS.reference_split,
                 reference=FLAGS.reference, inception_weights=FLAGS.inception_weights,
                 sampler=FLAGS.sampler, grid=FLAGS.grid, num_steps=FLAGS.num_steps,
-                batch_size=FLAGS.batch_size, progress=progress,
+                batch_size=FLAGS.batch_size, progress=progress, workdir=FLAGS.workdir,
+                guidance_scale=FLAGS.guidance_scale, guidance_spec=spec, guide=guide,
             )
 
         if family.FAMILY == "gaussian":

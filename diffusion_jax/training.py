@@ -298,8 +298,13 @@ class CastNetwork:
     network: Any
     dtype: Any
 
-    def __call__(self, x, c_noise, cond=None):
-        output = self.network(x.astype(self.dtype), c_noise.astype(self.dtype), cond)
+    def __call__(self, x, c_noise, cond=None, c_noise_to=None):
+        x, c_noise = x.astype(self.dtype), jnp.asarray(c_noise).astype(self.dtype)
+        if c_noise_to is None:
+            output = self.network(x, c_noise, cond)
+        else:
+            c_noise_to = jnp.asarray(c_noise_to).astype(self.dtype)
+            output = self.network(x, c_noise, cond, c_noise_to=c_noise_to)
         return output.astype(jnp.float32)
 
 

@@ -16,7 +16,12 @@ import traceback
 
 import ml_collections
 
-from diffusion_jax.recipes import discrete_defaults, flows_defaults
+from diffusion_jax.recipes import (
+    discrete_defaults,
+    flowmaps_defaults,
+    flows_defaults,
+    latent_defaults,
+)
 
 __all__ = ["base_config", "load_config", "parse_overrides"]
 
@@ -124,6 +129,8 @@ def base_config():
 
     discrete_defaults.add_defaults(config)  # config.discrete: the discrete family's settings
     flows_defaults.add_defaults(config)  # config.flow: the flow family's settings
+    flowmaps_defaults.add_defaults(config)  # config.flowmap: the flow-map family's settings
+    latent_defaults.add_defaults(config)  # config.latent: the latent family's settings
     config.lock()
     return config
 

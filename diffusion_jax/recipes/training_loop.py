@@ -46,11 +46,17 @@ class TrainExtras:
     :class:`diffusion_jax.training.LossContext` (step, EMA networks, the stop-gradient online
     network, ``frozen``). ``frozen``: any pytree (a distillation teacher, a codec) passed to every
     step, replicated over the mesh, never differentiated, updated or checkpointed; ``None`` when
-    the loss needs none.
+    the loss needs none. ``emas``: name -> ``decay(step)`` of extra parameter averages the loss
+    reads as ``context.ema[name]`` (a consistency target, a stage teacher), kept after the
+    config's own (so ``load(ema="first")`` is unchanged). ``initialise``: ``fn(network) -> None``
+    setting the new network's weights in place before the state is made (a student starting from
+    its teacher; a resumed run restores over it).
     """
 
     with_context: bool = False
     frozen: Any = None
+    emas: Any = None
+    initialise: Any = None
 
 
 def train_extras(family, config) -> TrainExtras:
@@ -165,9 +171,17 @@ def _train_locked(config, workdir, allow_config_change):
     mesh = sharding.make_mesh(tc.mesh_data, tc.mesh_model)
     local_batch = sharding.check_batch_size(tc.batch_size, mesh)
 
+    extras = train_extras(family, config)
     network, wrap = build_model(config)
+    if extras.initialise is not None:
+        extras.initialise(network)
     optimizer, lr_schedule = _make_optimizer(config)
     emas = ema_schedules(config)
+    clash = sorted(set(emas) & set(extras.emas or {}))
+    if clash:
+        raise ValueError(f"{family.__name__}.train_extras EMA names {clash} clash with the "
+                         "config's")
+    emas.update(extras.emas or {})
     state, parts = training.create_train_state(
         network, optimizer, key=jax.random.key(tc.seed), ema_names=tuple(emas)
     )
@@ -201,7 +215,6 @@ def _train_locked(config, workdir, allow_config_change):
               + " (raise --config.train.num_steps to train longer)", flush=True)
         return TrainResult(metrics=previous, step=start_step, stopped=False)
 
-    extras = train_extras(family, config)
     step_fn = training.make_train_step(
         parts,
         family.make_loss_fn(config, wrap),
