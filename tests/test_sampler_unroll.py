@@ -10,7 +10,6 @@ import pytest
 
 from diffusion_jax import samplers
 from diffusion_jax.analytic import GaussianMixture
-from diffusion_jax.samplers import _core
 
 KEY = jax.random.key(3)
 # Samplers with different carries: none (Heun), a history and a warm-up step (3M), per-step
@@ -126,12 +125,6 @@ def test_checkpoint_keeps_only_the_carry_per_step():
     # with it only the carry and the step's two noise levels.
     assert growth[False] >= 10 * 16 * 64, growth
     assert growth[True] <= 10 * (carry + 4), growth
-
-
-def test_default_unroll_per_backend():
-    limit = _core.CPU_MAX_UNROLLED_STEPS
-    assert _core.default_unroll(limit, "cpu") is True and _core.default_unroll(limit + 1, "cpu") == 1
-    assert _core.default_unroll(10, "gpu") == 1 and _core.default_unroll(10, "tpu") == 1
 
 
 @pytest.mark.parametrize(
