@@ -250,7 +250,8 @@ def _digits_model(**overrides):
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(0), len(leaves))
     nnx.update(network, jax.tree.unflatten(tree, [
-        leaf + 0.05 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]))
+        leaf + 0.05 * jax.random.normal(k, leaf.shape)
+        for leaf, k in zip(leaves, keys, strict=True)]))
     return wrap(network), config
 
 
