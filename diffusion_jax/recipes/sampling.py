@@ -39,12 +39,20 @@ GRIDS = {
     "edm_vp": lambda n, s, process: samplers.edm_vp_sigmas(n),
 }
 
+# The grid learned for a run (diffusion_jax.recipes.grid_learning), stored in its directory.
+LEARNED = "learned"
 
-def build_grid(config, grid, num_steps):
-    """The sigma grid ``grid`` of ``num_steps`` steps with ``config.sample``'s range."""
+
+def build_grid(config, grid, num_steps, *, workdir=None, sampler=None):
+    """The sigma grid ``grid`` of ``num_steps`` steps with ``config.sample``'s range; ``grid =
+    "learned"`` reads ``workdir/grids/<sampler>_<num_steps>.json`` (``learn_grid.py``)."""
     config = as_config(config)
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer; got {num_steps!r}")
+    if grid == LEARNED:
+        from diffusion_jax.recipes.grid_learning import load_learned_grid
+
+        return load_learned_grid(workdir, sampler or config.sample.sampler, num_steps)
     return pick(GRIDS, grid, "grid")(num_steps, config.sample, build_process(config))
 
 
@@ -119,9 +127,10 @@ def resolve_labels(config, num_samples, labels=None):
 
 def generate(denoiser, config, *, num_samples, seed, sampler=None, grid=None, num_steps=None,
              guidance_scale=None, batch_size=None, labels=None, options=None, progress=False,
-             guidance_spec=None, guide=None):
+             workdir=None, guidance_spec=None, guide=None):
     """``num_samples`` samples (host array in model range) and their labels (or ``None``);
-    sampler, grid, steps and guidance default to ``config.sample``; ``guidance_spec`` (a
+    sampler, grid, steps and guidance default to ``config.sample``; ``workdir`` is the run
+    directory of ``grid="learned"``; ``guidance_spec`` (a
     :class:`~diffusion_jax.recipes.guided.Guidance`) and its ``guide`` replace the config's CFG."""
     config = as_config(config)
     sc = config.sample
@@ -132,7 +141,7 @@ def generate(denoiser, config, *, num_samples, seed, sampler=None, grid=None, nu
     num_steps = sc.num_steps if num_steps is None else num_steps
     guidance_scale = sc.guidance_scale if guidance_scale is None else guidance_scale
     batch_size = min(batch_size or sc.batch_size, num_samples)
-    sigmas = build_grid(config, grid, num_steps)
+    sigmas = build_grid(config, grid, num_steps, workdir=workdir, sampler=sampler)
     labels = resolve_labels(config, num_samples, labels)
     null_class = int(config.data.num_classes) if labels is not None else None
     fn = make_sample_fn(sampler, guidance_scale, null_class, options, guidance_spec)
