@@ -109,3 +109,11 @@ def test_validation_messages():
     with pytest.raises(ValueError, match="does not fit"):
         network, spec, wrap = _build(config)
         recipe.generate(wrap(network), config, num_samples=2, seed=0, sampler="dfm_euler")
+
+
+def test_masked_runs_sample_with_the_exact_first_hitting_sampler():
+    config = _config("digits_masked", **{"model.base_channels": 8, "discrete.unet_channels": 8})
+    network, spec, wrap = _build(config)
+    tokens, _ = recipe.generate(wrap(network), config, num_samples=3, seed=0,
+                                sampler="masked_first_hitting")
+    assert tokens.shape == (3, 8, 8) and tokens.min() >= 0 and tokens.max() < 17  # no mask left

@@ -97,7 +97,7 @@ def _prepare_hint(name, data_dir):
     )
 
 
-def _open_examples(name, split, data_dir):
+def open_tfds_examples(name, split, data_dir):
     """An indexable sequence of decoded examples (``tfds.data_source``) or an iterable
     ``tf.data`` fallback for TFRecord-prepared datasets; a clear error when missing."""
     import tensorflow_datasets as tfds
@@ -152,7 +152,7 @@ def load_tfds(
     """
     _check_tfds_arguments(name, data_dir)
     process_index, process_count = check_process(process_index, process_count, default=(0, 1))
-    source, dataset = _open_examples(name, split, data_dir)
+    source, dataset = open_tfds_examples(name, split, data_dir)
     if source is not None:
         indices = range(process_index, len(source), process_count)
         if max_examples is not None:

@@ -247,6 +247,14 @@ def _mask_alpha(schedule, t, exponent):
     return 1.0 - t**exponent
 
 
+def _mask_time_of_alpha(schedule, alpha, exponent):
+    if schedule == "linear":
+        return 1.0 - alpha
+    if schedule == "cosine":
+        return jnp.arcsin(jnp.clip(1.0 - alpha, 0.0, 1.0)) / (0.5 * math.pi)
+    return jnp.clip(1.0 - alpha, 0.0, 1.0) ** (1.0 / exponent)
+
+
 def _mask_alpha_prime(schedule, t, exponent):
     if schedule == "linear":
         return -jnp.ones_like(t)
@@ -297,6 +305,19 @@ class MaskedDiffusion:
     def alpha_prime(self, t):
         """``d alpha / dt`` (analytic)."""
         return _mask_alpha_prime(self.schedule, jnp.asarray(t), self.exponent)
+
+    def time_of_alpha(self, alpha):
+        """The inverse of :meth:`alpha` (closed form for every schedule): the ``t`` with
+        ``alpha_t = alpha``."""
+        return _mask_time_of_alpha(self.schedule, jnp.asarray(alpha), self.exponent)
+
+    def next_unmask_time(self, t, num_masked, uniform):
+        """The next time ``s < t`` (going backwards) at which one of ``num_masked`` masked tokens
+        becomes clean: each masked token's masking time has CDF ``(1 - alpha_s)/(1 - alpha_t)``
+        on ``[0, t]``, so their maximum is drawn by inversion,
+        ``1 - alpha_s = (1 - alpha_t) u^(1/n)`` (Zheng et al. 2024, arXiv 2409.02908, Sec. 4.1)."""
+        one_minus = (1.0 - self.alpha(t)) * uniform ** (1.0 / num_masked)
+        return self.time_of_alpha(1.0 - one_minus)
 
     def weight(self, t):
         """The ELBO weight ``-alpha'_t / (1 - alpha_t)`` (``1/t`` for the linear schedule)."""

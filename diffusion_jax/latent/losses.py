@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 
 __all__ = [
@@ -77,7 +78,7 @@ def kl_autoencoder_loss(autoencoder, x, key, *, kl_weight=1e-6, reconstruction="
     use it as ``loss_fn(network, batch, key)`` of :func:`diffusion_jax.training.make_train_step`
     through a lambda picking the images from the batch.
     """
-    if not kl_weight >= 0:
+    if not isinstance(kl_weight, jax.core.Tracer) and not kl_weight >= 0:
         raise ValueError(f"kl_weight must be >= 0; got {kl_weight}")
     x_hat, mean, log_variance = autoencoder(x, key if sample_posterior else None)
     return (reconstruction_error(x, x_hat, kind=reconstruction)

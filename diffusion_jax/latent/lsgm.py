@@ -14,7 +14,7 @@ form) on one posterior sample ``z0``:
 ``C(z0) = -E[log N(z_T; 0, sigma(T)^2 I)] - D log(sigma(T) / sigma(t_min))``
 (:func:`diffusion_jax.losses.elbo_constant`; for VP it is LSGM's ``D/2 log(2 pi e sigma_0^2)`` up
 to the prior mismatch). The time integral is a one-sample Monte Carlo estimate with ``t`` drawn
-from LSGM's importance distribution for the likelihood weighting (Sec. 3.3 and App. B),
+from LSGM's importance distribution for the likelihood weighting (Sec. 3.3, "variance reduction"),
 ``r(t) ~ g(t)^2 / sigma(t)^2``, which for every affine process is log-uniform in the VE noise level
 (:class:`diffusion_jax.schedules.LikelihoodWeighting` over
 :class:`diffusion_jax.schedules.LogUniformSigma`: the importance weight is a constant), or from
@@ -176,7 +176,7 @@ def diffusion_cross_entropy(epsilon_model, z0, key, *, process: Process, t_min=1
     distribution ``~ g^2 / sigma^2`` on ``[t_min, T]`` (``importance_sampling``) or uniform.
     Averaged over a posterior ``q(z0|x)`` it is the cross entropy ``CE(q || p)``.
     """
-    if not 0.0 < t_min < process.t_max:
+    if not isinstance(process.t_max, jax.core.Tracer) and not 0.0 < t_min < process.t_max:
         raise ValueError(f"t_min must lie in (0, t_max = {process.t_max}); got {t_min}")
     if importance_sampling:
         t_distribution = LogUniformSigma(sigma_min=process.ve_sigma(t_min),

@@ -44,8 +44,10 @@ __all__ = [
 FAMILY = "discrete"
 NETWORKS = dict(_NETWORKS)
 PROCESSES = ("d3pm", "masked", "dfm")
-DATASETS = ("digits", "pydoc")
+DATASETS = ("digits", "pydoc", "text8", "lm1b")
+TEXT_DATASETS = ("pydoc", "text8", "lm1b")  # character streams cut into windows of data.shape
 SAMPLERS = {"d3pm": "d3pm_ancestral", "masked": "masked_ancestral", "dfm": "dfm_euler"}
+EXTRA_SAMPLERS = {"masked": ("masked_first_hitting",)}  # exact, one evaluation per position
 SAMPLE_DTYPES = ("float32", "float64")
 
 
@@ -60,6 +62,10 @@ def _vocabulary(config):
     """The token alphabet: ``None`` for digits (levels 0..16), the corpus characters for text."""
     if config.data.name == "pydoc":
         return discrete_data.build_vocabulary(discrete_data.pydoc_corpus())
+    if config.data.name == "text8":
+        return discrete_data.TEXT8_VOCABULARY
+    if config.data.name == "lm1b":
+        return discrete_data.BYTE_VOCABULARY
     return None
 
 
@@ -80,10 +86,16 @@ def validate(config) -> None:
     shape = tuple(config.data.shape)
     if config.data.name == "digits" and shape != (8, 8):
         raise ValueError(f"digits tokens have data.shape (8, 8); got {shape}")
-    if config.data.name == "pydoc" and (len(shape) != 1 or shape[0] < 2):
-        raise ValueError(f"pydoc text needs data.shape (length,) with length >= 2; got {shape}")
-    if config.data.name == "pydoc" and config.train.class_conditional:
-        raise ValueError("pydoc text has no labels; set train.class_conditional = False")
+    text = config.data.name in TEXT_DATASETS
+    if text and (len(shape) != 1 or shape[0] < 2):
+        raise ValueError(f"{config.data.name} text needs data.shape (length,) with length >= 2; "
+                         f"got {shape}")
+    if text and config.train.class_conditional:
+        raise ValueError(f"{config.data.name} text has no labels; set train.class_conditional = "
+                         "False")
+    if config.data.name in ("text8", "lm1b") and not config.data.data_dir:
+        raise ValueError(f"{config.data.name} is read from a local data.data_dir (see "
+                         "docs/data_networks.md); set --config.data.data_dir=PATH")
     if group.process not in PROCESSES:
         raise ValueError(f"unknown discrete.process {group.process!r}; expected one of "
                          f"{', '.join(PROCESSES)}")
@@ -254,8 +266,16 @@ def _split_arrays(config, split):
         tokens, labels = discrete_data.load_digits_tokens(split)
         return {"tokens": tokens, "label": labels}
     vocabulary = _vocabulary(config)
-    ids = discrete_data.encode(discrete_data.load_text(split), vocabulary)
+    ids = discrete_data.encode(_load_text(config, split), vocabulary)
     return {"tokens": discrete_data.text_windows(ids, int(config.data.shape[0]))}
+
+
+def _load_text(config, split):
+    if config.data.name == "text8":
+        return discrete_data.load_text8(split, data_dir=config.data.data_dir)
+    if config.data.name == "lm1b":
+        return discrete_data.load_lm1b(split, data_dir=config.data.data_dir)
+    return discrete_data.load_text(split)
 
 
 def load_arrays(config) -> dict:
@@ -274,14 +294,17 @@ def _dtype(name):
 def generate(model, config, *, num_samples, seed, sampler=None, num_steps=None, labels=None,
              options=None, batch_size=None, progress=False):
     """``(tokens int32 (num_samples, *shape), labels or None)`` from ``model``. ``sampler``:
-    the process's own (``d3pm_ancestral`` / ``masked_ancestral`` / ``dfm_euler``); ``num_steps``
+    the process's own (``d3pm_ancestral`` / ``masked_ancestral`` / ``dfm_euler``), or for masked
+    diffusion the exact ``masked_first_hitting`` (one evaluation per position); ``num_steps``
     the masked / DFM grid size (default ``discrete.sample_steps``); ``options``: ``dtype``
     (``"float32"`` / ``"float64"``), ``cache`` (masked). Per-batch keys are
     ``fold_in(key(seed), batch index)``."""
     group = config.discrete
-    name = SAMPLERS[_process_name(model.process)]
-    if sampler not in (None, name):
-        raise ValueError(f"sampler {sampler!r} does not fit this model; use {name!r}")
+    process_name = _process_name(model.process)
+    name = SAMPLERS[process_name] if sampler is None else sampler
+    if name not in (SAMPLERS[process_name], *EXTRA_SAMPLERS.get(process_name, ())):
+        fits = ", ".join((SAMPLERS[process_name], *EXTRA_SAMPLERS.get(process_name, ())))
+        raise ValueError(f"sampler {sampler!r} does not fit this model; use one of {fits}")
     options = dict(options or {})
     unknown = set(options) - {"dtype", "cache"}
     if unknown:
@@ -319,6 +342,9 @@ def _sampler_call(name, steps, dtype, cache):
     def run(model, key, shape, cond):
         if name == "d3pm_ancestral":
             return samplers.sample_d3pm(model, model.process, key, shape, cond=cond, dtype=dtype)
+        if name == "masked_first_hitting":
+            return samplers.sample_masked_first_hitting(model, model.process, key, shape,
+                                                        cond=cond, dtype=dtype)
         if name == "masked_ancestral":
             return samplers.sample_masked(model, model.process, key, shape, num_steps=steps,
                                           cond=cond, dtype=dtype, cache=cache)
@@ -339,6 +365,8 @@ def write_samples(samples, config, path) -> None:
         save_image_grid(images * 2.0 - 1.0, stem + ".png", scale=4)
         return
     text = discrete_data.decode(samples, _vocabulary(config))
+    if config.data.name == "lm1b":
+        text = [discrete_data.bytes_to_text(t) for t in text]
     with open(stem + ".txt", "w", encoding="utf-8") as handle:
         handle.write("\n\n=====\n\n".join(text))
 
@@ -362,8 +390,9 @@ def reference_bits(config):
     stream_train, stream_test = train.reshape(-1), test.reshape(-1)
     unigram = np.bincount(stream_train, minlength=num_classes) + 1.0
     unigram_bits = -np.log2(unigram / unigram.sum())[stream_test].mean()
-    pairs = np.zeros((num_classes, num_classes)) + 1.0
-    np.add.at(pairs, (stream_train[:-1], stream_train[1:]), 1.0)
+    pair_index = stream_train[:-1].astype(np.int64) * num_classes + stream_train[1:]
+    pairs = np.bincount(pair_index, minlength=num_classes ** 2).reshape(
+        num_classes, num_classes) + 1.0
     conditional = np.log2(pairs / pairs.sum(1, keepdims=True))
     bigram_bits = -np.concatenate([[np.log2(unigram[stream_test[0]] / unigram.sum())],
                                    conditional[stream_test[:-1], stream_test[1:]]]).mean()

@@ -198,9 +198,11 @@ def bits_per_dim_report(denoiser, config, images, *, key, sigma_min, divergence,
 
 def evaluate_samples(denoiser, config, *, num_samples, seed, reference_dir, reference_split="train",
                      reference=None, inception_weights=None, sampler=None, grid=None,
-                     num_steps=None, batch_size=256, progress=False):
+                     num_steps=None, batch_size=256, progress=False, workdir=None,
+                     guidance_scale=None, guidance_spec=None, guide=None):
     """Sample quality of ``num_samples`` samples (a dict), or a ``"skipped: ..."`` string when
-    no feature network fits the data."""
+    no feature network fits the data (``workdir``: the run of ``grid="learned"``); guidance as in
+    :func:`~diffusion_jax.recipes.generate`."""
     config = as_config(config)
     name = feature_network_name(config, inception_weights)
     if name is None:
@@ -208,7 +210,8 @@ def evaluate_samples(denoiser, config, *, num_samples, seed, reference_dir, refe
     feature_fn = feature_function(name, inception_weights)
     samples, _ = generate(
         denoiser, config, num_samples=num_samples, seed=seed, sampler=sampler, grid=grid,
-        num_steps=num_steps, batch_size=batch_size, progress=progress,
+        num_steps=num_steps, batch_size=batch_size, progress=progress, workdir=workdir,
+        guidance_scale=guidance_scale, guidance_spec=guidance_spec, guide=guide,
     )
     reference_path = reference or os.path.join(
         reference_dir, f"reference_{config.data.name}_{reference_split}_{name}.npz"
