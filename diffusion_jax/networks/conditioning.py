@@ -1,5 +1,6 @@
-"""Shared conditioning pieces: the noise-embedding MLP and the class-label embedding with a null
-class for classifier-free guidance (Ho & Salimans 2022, Sec. 3.2)."""
+"""Shared conditioning pieces: the noise-embedding MLP, an optional second time input (flow maps),
+and the class-label embedding with a null class for classifier-free guidance (Ho & Salimans 2022,
+Sec. 3.2)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,12 @@ class NoiseConditioning(nnx.Module):
     Noise path as in DDPM/DDPM++ (Ho et al. 2020; Song et al. 2021, App. H): sinusoidal or Fourier
     features, then ``Linear -> SiLU -> Linear``. Labels use a learned table with ``num_classes + 1``
     rows, the last being the null class (Ho & Salimans 2022).
+
+    With ``two_time=True`` a second time input ``c_noise_to`` (a flow map's target time, MeanFlow's
+    ``t - r`` or a shortcut model's step size ``d``) gets its own embedding of the same kind and its
+    own MLP, and the two are summed: ``emb = MLP(embed(c_noise)) + MLP_to(embed_to(c_noise_to))``,
+    as the embedders of ``t`` and ``r`` in MeanFlow (Geng et al. 2025, Sec. 4) and of ``t`` and
+    ``d`` in shortcut models (Frans et al. 2024, Sec. 3). ``two_time=False`` creates nothing new.
     """
 
     def __init__(
@@ -72,9 +79,12 @@ class NoiseConditioning(nnx.Module):
         embedding="positional",
         fourier_scale=16.0,
         num_classes=None,
+        two_time=False,
         dtype=None,
         rngs,
     ):
+        if not isinstance(two_time, bool):
+            raise ValueError(f"two_time must be a bool; got {two_time!r}")
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes must be None or a positive int; got {num_classes!r}")
         self.num_classes = num_classes
@@ -82,17 +92,31 @@ class NoiseConditioning(nnx.Module):
                                           rngs=rngs)
         self.linear_1 = layers.linear(feature_dim, output_dim, dtype=dtype, rngs=rngs)
         self.linear_2 = layers.linear(output_dim, output_dim, dtype=dtype, rngs=rngs)
+        self.two_time = two_time
+        if two_time:
+            self.embed_to = make_noise_embedding(embedding, feature_dim,
+                                                 fourier_scale=fourier_scale, rngs=rngs)
+            self.linear_to_1 = layers.linear(feature_dim, output_dim, dtype=dtype, rngs=rngs)
+            self.linear_to_2 = layers.linear(output_dim, output_dim, dtype=dtype, rngs=rngs)
         if num_classes is not None:
             self.label_embedding = layers.embed(num_classes + 1, output_dim, dtype=dtype,
                                                 rngs=rngs)
         else:
             self.label_embedding = None
 
-    def __call__(self, c_noise, cond, batch_size):
-        """``(batch, output_dim)`` conditioning vector for noise inputs and optional labels."""
+    def __call__(self, c_noise, cond, batch_size, c_noise_to=None):
+        """``(batch, output_dim)`` conditioning vector for noise inputs, the second time input
+        ``c_noise_to`` (required exactly when ``two_time``) and optional labels."""
+        if self.two_time and c_noise_to is None:
+            raise ValueError("this network has two_time=True: pass the second time c_noise_to")
+        if not self.two_time and c_noise_to is not None:
+            raise ValueError("got c_noise_to but the network has two_time=False")
         labels = check_labels(cond, batch_size, self.num_classes)
         c_noise = as_noise_batch(c_noise, batch_size)
         emb = self.linear_2(jax.nn.silu(self.linear_1(self.embed(c_noise))))
+        if self.two_time:
+            c_noise_to = as_noise_batch(c_noise_to, batch_size)
+            emb = emb + self.linear_to_2(jax.nn.silu(self.linear_to_1(self.embed_to(c_noise_to))))
         if labels is not None:
             emb = emb + self.label_embedding(labels)
         return emb

@@ -38,6 +38,8 @@ class MLP(nnx.Module):
     null class ``num_classes`` (Ho & Salimans 2022), then a zero-initialised output layer so that a
     preconditioned denoiser starts at ``D(x) = c_skip x`` (Karras et al. 2022, eq. 7).
     The network knows nothing of sigma: ``c_noise`` is whatever the preconditioning provides.
+    With ``two_time=True`` it is ``F(x, c_noise, cond, c_noise_to)`` with a second time input
+    embedded alongside the first (:class:`~diffusion_jax.networks.NoiseConditioning`; flow maps).
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class MLP(nnx.Module):
         embedding: str = "fourier",
         fourier_scale: float = 16.0,
         num_classes: int | None = None,
+        two_time: bool = False,
         dtype=None,
         rngs: nnx.Rngs,
     ):
@@ -60,7 +63,7 @@ class MLP(nnx.Module):
         self.data_dim = data_dim
         self.conditioning = NoiseConditioning(
             embedding_dim, hidden_dim, embedding=embedding, fourier_scale=fourier_scale,
-            num_classes=num_classes, dtype=dtype, rngs=rngs,
+            num_classes=num_classes, two_time=two_time, dtype=dtype, rngs=rngs,
         )
         self.input_layer = layers.linear(data_dim, hidden_dim, dtype=dtype, rngs=rngs)
         self.blocks = nnx.List(
@@ -71,11 +74,12 @@ class MLP(nnx.Module):
         self.output_layer = layers.linear(hidden_dim, data_dim, zero_init=True, dtype=dtype,
                                           rngs=rngs)
 
-    def __call__(self, x, c_noise, cond=None):
-        """``x (B, data_dim)``, ``c_noise`` scalar or ``(B,)``, ``cond`` ``(B,)`` int or None."""
+    def __call__(self, x, c_noise, cond=None, c_noise_to=None):
+        """``x (B, data_dim)``, ``c_noise`` (and ``c_noise_to`` when ``two_time``) scalar or
+        ``(B,)``, ``cond`` ``(B,)`` int or None."""
         if x.ndim != 2 or x.shape[1] != self.data_dim:
             raise ValueError(f"x must have shape (batch, {self.data_dim}); got {x.shape}")
-        emb = self.conditioning(c_noise, cond, x.shape[0])
+        emb = self.conditioning(c_noise, cond, x.shape[0], c_noise_to)
         h = self.input_layer(x)
         for block in self.blocks:
             h = block(h, emb)

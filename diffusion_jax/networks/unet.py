@@ -72,7 +72,8 @@ class AttentionBlock(nnx.Module):
         qkv = self.qkv(self.norm(x)).reshape(batch, height * width, 3, self.num_heads, head_dim)
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(head_dim)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
+        softmax_dtype = jnp.promote_types(logits.dtype, jnp.float32)  # f32, or f64 under x64
+        weights = jax.nn.softmax(logits.astype(softmax_dtype), axis=-1).astype(value.dtype)
         attended = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
         attended = self.output(attended.reshape(batch, height, width, channels))
         return (x + attended) * _SKIP_SCALE
@@ -127,6 +128,8 @@ class UNet(nnx.Module):
     the noise embedding. The output convolution is zero-initialised, so a preconditioned denoiser
     starts at ``D(x) = c_skip x``. Dropout follows ``model.train()`` / ``model.eval()`` and draws
     from the module's ``dropout`` stream (reseeded per step by ``networks.reseed_rng_streams``).
+    With ``two_time=True`` it is ``F(x, c_noise, cond, c_noise_to)``: a second time input embedded
+    alongside the first (:class:`~diffusion_jax.networks.NoiseConditioning`; flow maps).
     """
 
     def __init__(
@@ -143,6 +146,7 @@ class UNet(nnx.Module):
         embedding: str = "positional",
         fourier_scale: float = 16.0,
         num_classes: int | None = None,
+        two_time: bool = False,
         dtype=None,
         rngs: nnx.Rngs,
     ):
@@ -166,7 +170,7 @@ class UNet(nnx.Module):
         emb_dim = 4 * base_channels
         self.conditioning = NoiseConditioning(
             base_channels, emb_dim, embedding=embedding, fourier_scale=fourier_scale,
-            num_classes=num_classes, dtype=dtype, rngs=rngs,
+            num_classes=num_classes, two_time=two_time, dtype=dtype, rngs=rngs,
         )
         self.input_conv = layers.conv(in_channels, base_channels, dtype=dtype, rngs=rngs)
         common = {"num_heads": num_heads, "dropout": dropout, "dtype": dtype, "rngs": rngs}
@@ -220,11 +224,12 @@ class UNet(nnx.Module):
             return False
         return (self.image_shape[0] >> level) in self.attention_resolutions
 
-    def __call__(self, x, c_noise, cond=None):
-        """``x (B, H, W, C)``, ``c_noise`` scalar or ``(B,)``, ``cond (B,)`` labels or None."""
+    def __call__(self, x, c_noise, cond=None, c_noise_to=None):
+        """``x (B, H, W, C)``, ``c_noise`` (and ``c_noise_to`` when ``two_time``) scalar or
+        ``(B,)``, ``cond (B,)`` labels or None."""
         self._check_input(x)
         batch = x.shape[0]
-        emb = self.conditioning(c_noise, cond, batch)
+        emb = self.conditioning(c_noise, cond, batch, c_noise_to)
 
         h = self.input_conv(x)
         skips = [h]

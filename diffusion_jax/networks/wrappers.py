@@ -38,11 +38,13 @@ class WithDropoutKey:
     network: Any
     key: Any
 
-    def __call__(self, x, c_noise, cond=None):
+    def __call__(self, x, c_noise, cond=None, c_noise_to=None):
         network = nnx.clone(self.network)
         if self.key is not None:
             reseed_rng_streams(network, self.key)
-        return network(x, c_noise, cond)
+        if c_noise_to is None:
+            return network(x, c_noise, cond)
+        return network(x, c_noise, cond, c_noise_to=c_noise_to)
 
 
 jax.tree_util.register_dataclass(WithDropoutKey, data_fields=["network", "key"], meta_fields=[])

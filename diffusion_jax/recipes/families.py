@@ -19,6 +19,8 @@ FAMILY_MODULES = {
     "gaussian": "diffusion_jax.recipes.gaussian",
     "flow": "diffusion_jax.recipes.flows",
     "discrete": "diffusion_jax.recipes.discrete",
+    "flowmap": "diffusion_jax.recipes.flowmaps",
+    "latent": "diffusion_jax.recipes.latent",
 }
 
 

@@ -16,13 +16,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from diffusion_jax import callables, checkpoints, data, runlock, sharding, training
+from diffusion_jax import callables, checkpoints, data, posthoc_ema, runlock, sharding, training
 from diffusion_jax.recipes import runtime
 from diffusion_jax.recipes.builders import COMPUTE_DTYPES, as_config, build_model, model_spec
 from diffusion_jax.recipes.config_check import check_resume_config, validate_config
 from diffusion_jax.recipes.datasets import is_whole_dataset_on_every_host, load_arrays
 from diffusion_jax.recipes.families import family_module
-from diffusion_jax.recipes.objectives import ema_schedules
+from diffusion_jax.recipes.objectives import ema_schedules, posthoc_ema_gammas
 from diffusion_jax.recipes.writers import MetricWriter
 
 __all__ = ["TrainExtras", "TrainResult", "check_workdir", "train"]
@@ -46,11 +46,17 @@ class TrainExtras:
     :class:`diffusion_jax.training.LossContext` (step, EMA networks, the stop-gradient online
     network, ``frozen``). ``frozen``: any pytree (a distillation teacher, a codec) passed to every
     step, replicated over the mesh, never differentiated, updated or checkpointed; ``None`` when
-    the loss needs none.
+    the loss needs none. ``emas``: name -> ``decay(step)`` of extra parameter averages the loss
+    reads as ``context.ema[name]`` (a consistency target, a stage teacher), kept after the
+    config's own (so ``load(ema="first")`` is unchanged). ``initialise``: ``fn(network) -> None``
+    setting the new network's weights in place before the state is made (a student starting from
+    its teacher; a resumed run restores over it).
     """
 
     with_context: bool = False
     frozen: Any = None
+    emas: Any = None
+    initialise: Any = None
 
 
 def train_extras(family, config) -> TrainExtras:
@@ -165,9 +171,17 @@ def _train_locked(config, workdir, allow_config_change):
     mesh = sharding.make_mesh(tc.mesh_data, tc.mesh_model)
     local_batch = sharding.check_batch_size(tc.batch_size, mesh)
 
+    extras = train_extras(family, config)
     network, wrap = build_model(config)
+    if extras.initialise is not None:
+        extras.initialise(network)
     optimizer, lr_schedule = _make_optimizer(config)
     emas = ema_schedules(config)
+    clash = sorted(set(emas) & set(extras.emas or {}))
+    if clash:
+        raise ValueError(f"{family.__name__}.train_extras EMA names {clash} clash with the "
+                         "config's")
+    emas.update(extras.emas or {})
     state, parts = training.create_train_state(
         network, optimizer, key=jax.random.key(tc.seed), ema_names=tuple(emas)
     )
@@ -201,7 +215,6 @@ def _train_locked(config, workdir, allow_config_change):
               + " (raise --config.train.num_steps to train longer)", flush=True)
         return TrainResult(metrics=previous, step=start_step, stopped=False)
 
-    extras = train_extras(family, config)
     step_fn = training.make_train_step(
         parts,
         family.make_loss_fn(config, wrap),
@@ -242,6 +255,18 @@ def _train_locked(config, workdir, allow_config_change):
     def save(force=False):
         flush_metrics()
         checkpoints.save(manager, state, config_dict, spec=spec, force=force)
+
+    posthoc = posthoc_ema_gammas(config)
+
+    def save_posthoc_snapshot(at_step):
+        """The power EMAs after ``at_step`` updates to workdir/posthoc_ema (EDM2 Sec. 3.1)."""
+        from jax.experimental import multihost_utils
+
+        flush_metrics()  # a non-finite loss raises before anything is saved
+        trees = [multihost_utils.process_allgather(state.ema[n], tiled=True) for n in posthoc]
+        if primary:
+            posthoc_ema.save_snapshot(os.path.join(workdir, "posthoc_ema"), at_step,
+                                      list(posthoc.values()), trees)
 
     def ema_model():
         return wrap(training.merge_network(parts, state.ema[next(iter(emas))], state.buffers))
@@ -312,6 +337,8 @@ def _train_locked(config, workdir, allow_config_change):
                     window_start, window_step = time.time(), step
                 if step % tc.checkpoint_every == 0:
                     save()
+                if posthoc and step % tc.posthoc_ema_every == 0:
+                    save_posthoc_snapshot(step)
                 extra = False
                 if tc.sample_every and step % tc.sample_every == 0 and step < tc.num_steps:
                     flush_metrics()

@@ -12,6 +12,7 @@ from diffusion_jax.processes import VP, Process
 
 __all__ = [
     "karras_levels",
+    "karras_interpolate",
     "karras_sigmas",
     "log_uniform_sigmas",
     "time_uniform_sigmas",
@@ -72,10 +73,18 @@ def karras_levels(num_levels, sigma_min=0.002, sigma_max=80.0, rho=7.0):
     _check_range(sigma_min, sigma_max, "sigma_min", "sigma_max")
     _check_rho(rho)
     dtype = _float_dtype(sigma_min, sigma_max, rho)
-    fractions = _fractions(num_levels, dtype)
+    return karras_interpolate(_fractions(num_levels, dtype), sigma_min, sigma_max, rho)
+
+
+def karras_interpolate(fraction, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+    """``(s_max^(1/rho) + fraction (s_min^(1/rho) - s_max^(1/rho)))^rho`` for any (traced)
+    ``fraction`` in ``[0, 1]``: the level a fraction of the way down a Karras grid (Karras et al.
+    2022, eq. 5), also for a traced number of levels (consistency-training curricula)."""
+    fraction = jnp.asarray(fraction)
+    dtype = _float_dtype(fraction, sigma_min, sigma_max, rho)
     low = jnp.asarray(sigma_min, dtype) ** (1.0 / rho)
     high = jnp.asarray(sigma_max, dtype) ** (1.0 / rho)
-    return (high + fractions * (low - high)) ** rho
+    return (high + fraction.astype(dtype) * (low - high)) ** rho
 
 
 def karras_sigmas(num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0):
