@@ -90,6 +90,10 @@ def test_parts_add_up_and_bits_per_dim():
                                terms["negative_elbo"] / (3 * math.log(2)) + 8 - 1, rtol=1e-12)
     np.testing.assert_allclose(lsgm_loss(toy, X, jax.random.key(0), process=VP()),
                                terms["negative_elbo"])
+    # the process may travel through jit as an argument (its t_max then is traced)
+    jitted = jax.jit(lambda process, key: lsgm_loss(toy, X, key, process=process, num_bits=8))
+    np.testing.assert_allclose(jitted(VP(), jax.random.key(0)), terms["negative_elbo"],
+                               rtol=1e-10)
 
 
 @pytest.mark.usefixtures("x64")
