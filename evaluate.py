@@ -22,7 +22,7 @@ import time
 from absl import app, flags
 
 from diffusion_jax import checkpoints
-from diffusion_jax.recipes import runtime
+from diffusion_jax.recipes import guided, runtime
 
 FLAGS = flags.FLAGS
 
@@ -31,7 +31,9 @@ def define_flags():
     """The CLI's flags (defined only when run as a script)."""
     flags.DEFINE_string("workdir", None, "Training run directory (checkpoint).")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest readable one).")
-    flags.DEFINE_string("ema", "first", "'first', 'raw' or an EMA name.")
+    flags.DEFINE_string("ema", "first", "'first', 'raw', an EMA name or sigma_rel=0.08 (post-hoc).")
+    flags.DEFINE_list("ema_sweep", None, "Post-hoc EMA widths, e.g. 0.05,0.08,0.12: the sample "
+                      "quality of each reconstruction (report['ema_sweep']).")
     flags.DEFINE_integer("num_samples", None, "Samples for FID/KID/IS (default config.eval).")
     flags.DEFINE_integer("seed", 0, "Sampling seed (sample i uses fold_in(noise_key, i)).")
     flags.DEFINE_string("sampler", None, "Sampler name (default: the config's).")
@@ -51,6 +53,8 @@ def define_flags():
     flags.DEFINE_string("output", None, "Report path (default workdir/eval/report.json).")
     flags.DEFINE_string("compilation_cache_dir", runtime.DEFAULT_CACHE_DIR,
                         "Persistent XLA compilation cache ('' disables it).")
+    flags.DEFINE_float("guidance_scale", None, "Guidance weight (1: conditional).")
+    guided.define_flags(flags)
 
 
 def main(argv):
@@ -92,14 +96,29 @@ def main(argv):
             )
             report["bits_per_dim"] = dict(bpd, split=FLAGS.split)
             print(f"bits/dim on {FLAGS.split}: {bpd['mean']:.4f}", flush=True)
-        if family.FAMILY == "gaussian":
-            quality = evaluation.evaluate_samples(
-                run.denoiser, config, num_samples=FLAGS.num_samples or config.eval.num_samples,
+        spec, guide = (guided.from_flags(FLAGS, FLAGS.guidance_scale, FLAGS.workdir)
+                       if family.FAMILY == "gaussian" else (None, None))
+
+        def sample_quality(denoiser, progress=True):
+            return evaluation.evaluate_samples(
+                denoiser, config, num_samples=FLAGS.num_samples or config.eval.num_samples,
                 seed=FLAGS.seed, reference_dir=eval_dir, reference_split=FLAGS.reference_split,
                 reference=FLAGS.reference, inception_weights=FLAGS.inception_weights,
                 sampler=FLAGS.sampler, grid=FLAGS.grid, num_steps=FLAGS.num_steps,
-                batch_size=FLAGS.batch_size, progress=True,
+                batch_size=FLAGS.batch_size, progress=progress, workdir=FLAGS.workdir,
+                guidance_scale=FLAGS.guidance_scale, guidance_spec=spec, guide=guide,
             )
+
+        if family.FAMILY == "gaussian":
+            quality = sample_quality(run.denoiser)
+        if FLAGS.ema_sweep and family.FAMILY != "gaussian":
+            raise ValueError("--ema_sweep evaluates sample quality: a Gaussian-family run only")
+        for width in FLAGS.ema_sweep or ():  # post-hoc EMA (EDM2): one evaluation per width
+            swept = recipes.load(FLAGS.workdir, step=FLAGS.step, ema=f"sigma_rel={width}")
+            scores = report.setdefault("ema_sweep", {})[width] = sample_quality(swept.denoiser,
+                                                                                progress=False)
+            print(f"sigma_rel={width}: " + (", ".join(f"{k} {v:.4g}" for k, v in scores.items()
+                  if isinstance(v, float)) if isinstance(scores, dict) else scores), flush=True)
     except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as error:
         runtime.fail(error)
     if quality is not None:

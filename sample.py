@@ -14,7 +14,7 @@ import os
 from absl import app, flags
 
 from diffusion_jax import checkpoints
-from diffusion_jax.recipes import runtime
+from diffusion_jax.recipes import guided, runtime
 
 FLAGS = flags.FLAGS
 
@@ -27,7 +27,8 @@ def define_flags():
                         "--list_samplers shows them.")
     flags.DEFINE_bool("list_samplers", False, "Print the sampler table and exit.")
     flags.DEFINE_multi_string("option", [], "Sampler option name=value, e.g. s_churn=40.")
-    flags.DEFINE_string("grid", None, "Sigma grid name (default: the config's).")
+    flags.DEFINE_string("grid", None, "Sigma grid name (default: the config's); 'learned': "
+                        "the run's grids/<sampler>_<num_steps>.json (learn_grid.py).")
     flags.DEFINE_integer("num_steps", None, "Number of sampler steps (>= 1).")
     flags.DEFINE_integer("num_samples", None, "Number of samples (>= 1).")
     flags.DEFINE_integer("batch_size", None, "Samples per batch (does not change the samples).")
@@ -35,10 +36,12 @@ def define_flags():
     flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance weight (1: conditional).")
     flags.DEFINE_integer("class", None, "Class label of every sample (class-conditional runs).")
     flags.DEFINE_list("labels", None, "Comma-separated class label per sample.")
-    flags.DEFINE_string("ema", None, "'first', 'raw' or an EMA name (default: the config's).")
+    flags.DEFINE_string("ema", None, "'first', 'raw', an EMA name or sigma_rel=0.08 (post-hoc "
+                        "EMA from the run's snapshots; default: the config's).")
     flags.DEFINE_string("output", None, "Output .npz path (default under workdir/samples).")
     flags.DEFINE_string("compilation_cache_dir", runtime.DEFAULT_CACHE_DIR,
                         "Persistent XLA compilation cache ('' disables it).")
+    guided.define_flags(flags)
 
 
 def _options(pairs):
@@ -88,9 +91,12 @@ def main(argv):
         if family.FAMILY == "gaussian":  # samplers of the registry on a named sigma grid
             sampler, grid = FLAGS.sampler or sc.sampler, FLAGS.grid or sc.grid
             num_steps = sc.num_steps if FLAGS.num_steps is None else FLAGS.num_steps
+            spec, guide = guided.from_flags(FLAGS, FLAGS.guidance_scale, FLAGS.workdir)
             method = dict(sampler=sampler, grid=grid, num_steps=num_steps,
-                          guidance_scale=FLAGS.guidance_scale)
-            name = f"{sampler}_{grid}_{num_steps}"
+                          guidance_scale=FLAGS.guidance_scale, workdir=FLAGS.workdir,
+                          guidance_spec=spec, guide=guide)
+            name = f"{sampler}_{grid}_{num_steps}" + (f"_{spec.name or 'dt'}{spec.scale:g}"
+                                                      if spec else "")
         else:  # the family's own samplers (its default when --sampler is not given)
             sampler, num_steps = FLAGS.sampler, FLAGS.num_steps
             method = dict(sampler=sampler, num_steps=num_steps)

@@ -43,6 +43,8 @@ def main(argv):
     runtime.quiet_libraries(FLAGS["verbosity"].present)
     runtime.enable_compilation_cache(FLAGS.compilation_cache_dir)
     from diffusion_jax import recipes
+    from diffusion_jax.recipes import classifier as classifier_recipe
+    from diffusion_jax.recipes import vdm as vdm_recipe
 
     try:
         config = recipes.load_config(FLAGS.config, recipes.defaults.parse_overrides(argv[1:]))
@@ -51,6 +53,12 @@ def main(argv):
     try:
         runtime.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                        FLAGS.process_id)
+        if classifier_recipe.is_classifier_config(config):  # classifier guidance's classifier
+            classifier_recipe.train_classifier(config, FLAGS.workdir)
+            return
+        if vdm_recipe.is_vdm_config(config):  # VDM with a variance-minimising learned schedule
+            vdm_recipe.train_vdm(config, FLAGS.workdir)
+            return
         result = recipes.train(config, FLAGS.workdir,
                                allow_config_change=FLAGS.allow_config_change)
     except (FloatingPointError, ValueError, FileNotFoundError, checkpoints.CheckpointError,

@@ -35,7 +35,7 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from diffusion_jax import samplers  # noqa: E402
+from diffusion_jax import grid_learning, samplers  # noqa: E402
 from diffusion_jax.analytic import GaussianMixture  # noqa: E402
 from diffusion_jax.denoisers import (  # noqa: E402
     EDMPreconditioning,
@@ -119,6 +119,83 @@ def accuracy_table(denoiser, noise, exact, nfes):
                 actual = info.nfe_function(options)(num_steps)
                 results[name][grid_name][nfe] = (actual, rms(x0, exact))
     return results
+
+
+# -- learned grids (LD3 from a GITS start) --------------------------------------------------
+
+LEARNED_NFES = tuple(range(5, 21))
+LEARNED_SAMPLERS = ("ipndm", "deis")
+NUM_TRAIN_NOISES = 64
+NUM_FINE_LEVELS = 128
+LD3_SETTINGS = dict(num_iterations=100, learning_rate=0.1, sigma_floor=1e-4)
+
+
+def learned_table(denoiser, noise, exact, nfes, names=LEARNED_SAMPLERS, num_train=NUM_TRAIN_NOISES):
+    """``({sampler: {nfe: row}}, cost)``: for each sampler and NFE, the GITS grid (Chen et al.
+    2024) and the LD3 grid learned from it (Tong et al. 2025), both from ONE teacher trajectory
+    per training noise (Dopri5, rtol = atol = 1e-7, saved at the fine Karras levels; its endpoint
+    is the LD3 target), judged in float32 on the benchmark's held-out ``noise`` against ``exact``.
+    """
+    train = jax.random.normal(jax.random.key(1000 + noise.shape[1]), (num_train, noise.shape[1]),
+                              noise.dtype)
+    start = time.perf_counter()
+    levels = samplers.karras_sigmas(NUM_FINE_LEVELS, SIGMA_MIN, SIGMA_MAX, 7.0)[:-1]
+    states = jax.block_until_ready(grid_learning.teacher_trajectory(denoiser, train, levels))
+    targets = denoiser(states[-1], levels[-1])
+    teacher_s = time.perf_counter() - start
+    denoiser32 = jax.tree.map(lambda a: a.astype(jnp.float32), denoiser)
+    noise32, exact32 = noise.astype(jnp.float32), exact.astype(jnp.float32)
+    results, gits_by_steps, learn_s = {}, {}, 0.0
+    for name in names:
+        info = samplers.get(name)
+        results[name] = {}
+        for nfe in nfes:
+            num_steps = info.steps_for_nfe(nfe)
+            start = time.perf_counter()
+            if num_steps not in gits_by_steps:
+                gits_by_steps[num_steps] = grid_learning.gits_grid(
+                    denoiser, num_steps, noises=train, sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN,
+                    num_levels=NUM_FINE_LEVELS, states=states, sampler=name).sigmas
+            gits = gits_by_steps[num_steps]
+            ld3 = grid_learning.learn_grid(
+                denoiser, name, num_steps, noises=train, targets=targets, sigma_max=SIGMA_MAX,
+                sigma_min=SIGMA_MIN, init_sigmas=gits, **LD3_SETTINGS)
+            learn_s += time.perf_counter() - start
+            rms_of = {
+                grid: grid_learning.endpoint_rms(denoiser32, name, sigmas.astype(np.float32),
+                                                 noise32, exact32)
+                for grid, sigmas in (("gits", gits), ("ld3", ld3.sigmas))
+            }
+            results[name][nfe] = {"nfe": info.nfe(num_steps), **rms_of,
+                                  "train_rms_gits": ld3.rms_before, "train_rms_ld3": ld3.rms_after,
+                                  "sigmas_ld3": [float(v) for v in ld3.sigmas],
+                                  "sigmas_gits": [float(v) for v in gits]}
+            print(f"  learned d={noise.shape[1]} {name} NFE {nfe}: gits {rms_of['gits']:.3e} "
+                  f"ld3 {rms_of['ld3']:.3e}", file=sys.stderr, flush=True)
+    cost = {"teacher_solves": num_train, "teacher": "Dopri5 rtol=atol=1e-7, saved at "
+            f"{NUM_FINE_LEVELS} Karras levels (one batched solve)", "teacher_wall_s": teacher_s,
+            "learning_wall_s": learn_s, "grids_learned": len(names) * len(nfes),
+            "ld3": {k: v for k, v in LD3_SETTINGS.items()}, "train_noises": num_train,
+            "held_out_noises": int(noise.shape[0]), "cpu": "shared (times are noisy)"}
+    return results, cost
+
+
+def print_learned(title, learned, peers, fixed, nfes):
+    """Best learned grid vs best peer (and best fixed grid of ours, where measured) per NFE."""
+    print(f"\n## {title}: learned grids (held-out noise), RMS endpoint error\n")
+    print("| NFE | best learned (sampler, grid) | best peer | ratio | best fixed grid (ours) |")
+    print("|---|---|---|---|---|")
+    for nfe in nfes:
+        best = min((row[nfe][g], f"{name} {g}") for name, rows in learned.items()
+                   for row in [rows] for g in ("ld3", "gits"))
+        peer = min((row[nfe][1], name) for name, row in peers.items()) if peers else None
+        measured = [rows for rows in fixed.values() if nfe in rows["karras"]]
+        ours = min((best_of(rows, nfe)[2], name) for name, rows in fixed.items()
+                   if nfe in rows["karras"]) if measured else None
+        peer_cell = f"{peer[0]:.2e} {peer[1]}" if peer else "-"
+        ratio = f"{best[0] / peer[0]:.2f}" if peer else "-"
+        ours_cell = f"{ours[0]:.2e} {ours[1]}" if ours else "-"
+        print(f"| {nfe} | {best[0]:.2e} {best[1]} | {peer_cell} | {ratio} | {ours_cell} |")
 
 
 # -- peers (torch) --------------------------------------------------------------------------
@@ -390,6 +467,27 @@ def print_accuracy(title, ours, peers, nfes):
             print(f"| {nfe} | {best_ours[0]:.2e} {best_ours[1]} | {best_peer[0]:.2e} {best_peer[1]} |")
 
 
+def add_learned(report, dim, torch_python, names=LEARNED_SAMPLERS):
+    """Learned grids at d = ``dim`` and the peers at every NFE of :data:`LEARNED_NFES` into
+    ``report`` (``learned``, ``learned_cost``, ``peers_learned_nfes``)."""
+    denoiser = mixture(dim, 8, seed=dim)
+    noise = jax.random.normal(jax.random.key(10 + dim), (256, dim), jnp.float64)
+    exact = reference_endpoint(denoiser, noise)
+    learned, cost = learned_table(denoiser, noise, exact, LEARNED_NFES, names)
+    peers, note = peer_table(torch_python, denoiser, noise, exact, LEARNED_NFES)
+    if note:
+        print(note, file=sys.stderr)
+    for key, value in (("learned", learned), ("learned_cost", cost),
+                       ("peers_learned_nfes", peers if peers else note)):
+        report.setdefault(key, {})[f"d{dim}"] = value
+    fixed = report.get("accuracy", {}).get(f"d{dim}", {})
+    fixed = {name: {g: {int(k): v for k, v in row.items()} for g, row in rows.items()}
+             for name, rows in fixed.items()}
+    print_learned(f"d = {dim}", learned, peers, fixed, LEARNED_NFES)
+    print(f"learning cost: {cost['teacher_solves']} teacher solves ({cost['teacher_wall_s']:.1f} "
+          f"s), {cost['grids_learned']} grids in {cost['learning_wall_s']:.0f} s (shared CPU)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="d = 2 only, fewer samples")
@@ -400,7 +498,21 @@ def main():
                                                                  "/tmp/bench-venv/bin/python"))
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
                                                          "samplers.json"))
+    parser.add_argument("--learned-only", action="store_true",
+                        help="only the learned grids and the peers at their NFEs, added to the "
+                             "existing --output JSON")
+    parser.add_argument("--learned-dims", default="64,2", help="dimensions of --learned-only")
+    parser.add_argument("--learned-samplers", default=",".join(LEARNED_SAMPLERS))
     args = parser.parse_args()
+    if args.learned_only:
+        with open(args.output) as f:
+            report = json.load(f)
+        for dim in map(int, args.learned_dims.split(",")):
+            add_learned(report, dim, args.torch_python, tuple(args.learned_samplers.split(",")))
+            with open(args.output, "w") as f:
+                json.dump(report, f, indent=1, default=float)
+        print(f"\nwrote {args.output}")
+        return
     nfes = (5,) if args.smoke else NFES
     report = {"device": str(jax.devices()[0]), "nfes": list(nfes), "accuracy": {}, "peers": {}}
     dims = (2,) if args.quick or args.smoke else (2, 64)
@@ -416,6 +528,8 @@ def main():
         report["accuracy"][f"d{dim}"] = ours
         report["peers"][f"d{dim}"] = peers if peers else note
         print_accuracy(f"d = {dim}", ours, peers, nfes)
+        if not args.smoke:
+            add_learned(report, dim, args.torch_python)
     step_counts = (5,) if args.smoke else (25, 100)
     num_samples = 200 if args.smoke else 1000 if args.quick else 4000
     stochastic = stochastic_table(mixture(2, 8, seed=2), num_samples, step_counts)

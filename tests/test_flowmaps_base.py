@@ -9,7 +9,7 @@ import pytest
 from diffusion_jax.analytic import GaussianMixture, toy_gaussian_mixture
 from diffusion_jax.flowmaps import base, exact
 
-MEAN, VARIANCE = jnp.array([0.7, -0.3]), 0.3
+MEAN, VARIANCE = np.array([0.7, -0.3]), 0.3  # numpy: float64 under x64
 
 
 def gaussian(dtype=jnp.float64):

@@ -10,15 +10,17 @@ PACKAGE = os.path.join(ROOT, "diffusion_jax")
 # lowest first; a module may import only from its own layer or the layers below
 LAYERS = {
     "infrastructure": ("callables", "pytrees", "typing", "networks", "data", "training", "sharding",
-                       "checkpoints", "runlock", "metrics"),
+                       "checkpoints", "runlock", "metrics",
+                       "posthoc_ema"),
     "core": ("processes", "denoisers", "schedules", "losses", "samplers", "likelihood",
-             "guidance", "analytic", "learned_schedule"),
+             "guidance", "analytic", "learned_schedule",
+             "grid_learning"),
     "families": ("flows", "flowmaps", "discrete", "latent"),
     "recipes": ("recipes",),
 }
 ORDER = list(LAYERS)
 FAMILIES = set(LAYERS["families"])
-CLIS = ("train.py", "sample.py", "evaluate.py")
+CLIS = ("train.py", "sample.py", "evaluate.py", "learn_grid.py")
 
 
 def _top(module):

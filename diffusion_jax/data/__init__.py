@@ -1,10 +1,12 @@
-"""Data for diffusion_jax, all offline: 2-D toy sets, scikit-learn's 8x8 digits, locally prepared
+"""Data for diffusion_jax, all offline: 2-D toy sets, scikit-learn's 8x8 digits (and at 32x32,
+:mod:`~diffusion_jax.data.digits32`), locally prepared
 TFDS image sets, the pixel conventions (:mod:`~diffusion_jax.data.pixels`: dequantisation,
 model range, uint8, bits/dim offset), per-process batches -> global ``jax.Array`` s, and PNG
 writers. See ``docs/data_networks.md``.
 """
 
 from diffusion_jax.data.batches import ImageBatches, make_batch_iterator
+from diffusion_jax.data.digits32 import DIGITS32_SIZE, box_downsample, load_digits32
 from diffusion_jax.data.images import (
     DIGITS_NUM_CLASSES,
     center_crop_resize,
@@ -32,6 +34,9 @@ from diffusion_jax.data.toy import (
 
 __all__ = [
     "DIGITS_NUM_CLASSES",
+    "DIGITS32_SIZE",
+    "box_downsample",
+    "load_digits32",
     "EIGHT_GAUSSIANS_RADIUS",
     "EIGHT_GAUSSIANS_STD",
     "ImageBatches",

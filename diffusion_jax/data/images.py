@@ -191,9 +191,10 @@ def load_tfds(
 
 def _check_tfds_arguments(name, data_dir):
     """One-line errors for a built-in (or nearly built-in) name and for a missing ``data_dir``."""
-    builtin = (*TOY_DATASETS, "digits")
+    builtin = (*TOY_DATASETS, "digits", "digits32")
     if name in builtin:
-        loader = "load_digits()" if name == "digits" else f"sample_toy({name!r}, key, num)"
+        loader = {"digits": "load_digits()", "digits32": "load_digits32()"}.get(
+            name, f"sample_toy({name!r}, key, num)")
         raise ValueError(f"{name!r} is a built-in dataset, not a TFDS one: use {loader}")
     close = difflib.get_close_matches(str(name), builtin, n=1, cutoff=0.8)
     if close:

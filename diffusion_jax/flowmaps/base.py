@@ -27,6 +27,9 @@ from diffusion_jax.samplers.grids import karras_sigmas
 
 __all__ = ["check_times", "per_example", "expand", "denoiser_from_flow_map", "TeacherFlowMap"]
 
+# TeacherFlowMap's lowest level, relative to sigma, before its step to sigma_to = 0.
+_FLOOR = 1e-4
+
 
 def _concrete(value):
     return not isinstance(value, jax.core.Tracer)
@@ -104,11 +107,15 @@ class TeacherFlowMap:
     ``grid(num_steps, sigma_min, sigma_max) -> sigmas`` (descending, ending in 0) is any grid of
     :mod:`diffusion_jax.samplers.grids` (default :func:`karras_sigmas`, rho 7); the map evaluates
     it with ``num_steps + 1`` levels from ``sigma`` down to ``sigma_to`` and reads the sampler's
-    state at ``sigma_to`` from its trajectory (one extra, unused final step to 0 keeps the grid a
-    valid sampler grid). ``sigma_to = 0`` is reached through ``sigma_to = 1e-6 sigma`` and the
-    sampler's own final step to 0. ``options`` are the sampler's keyword options (e.g.
-    ``{"order": 2}``). Per-example times ``(batch,)`` run one solve per example (``vmap``, the
-    denoiser's arrays unmapped: a dropout network then draws one mask for the whole batch).
+    state at ``sigma_to`` from its trajectory (an unused final step to 0 keeps the grid a valid
+    sampler grid; under ``jit`` its evaluation is dead code, so a call costs the sampler's NFE for
+    ``num_steps`` steps ending above 0, e.g. 1 for Euler and 2 for Heun with one step).
+    ``sigma_to = 0`` is reached as every sampler of the library reaches it: the grid ends at
+    ``1e-4 sigma`` and a first-order step ``x0 = D(x, 1e-4 sigma)`` follows (local error
+    ``O(1e-8 sigma^2)``; the evaluation is skipped by a ``lax.cond`` when no ``sigma_to`` is 0).
+    ``options`` are the sampler's keyword options (e.g. ``{"order": 2}``). Per-example times
+    ``(batch,)`` run one solve per example (``vmap``, the denoiser's arrays unmapped: a dropout
+    network then draws one mask for the whole batch).
     """
 
     denoiser: Any
@@ -136,35 +143,50 @@ class TeacherFlowMap:
     def __call__(self, x, sigma, sigma_to, cond=None):
         x = _check_batched(x)
         sigma, sigma_to = check_times(sigma, sigma_to)
-        if sigma.ndim == 0 and sigma_to.ndim == 0:
-            return self._solve(x, sigma.astype(x.dtype), sigma_to.astype(x.dtype), cond)
-        sigma, sigma_to = per_example(sigma, x), per_example(sigma_to, x, "sigma_to")
-
-        # The denoiser's arrays travel as an unmapped vmap argument (not a closure), so an NNX
-        # network in training mode may update its RNG counters inside the vmap trace.
+        # The denoiser's arrays travel as explicit arguments of vmap / cond (not closures), so an
+        # NNX network in training mode may update its RNG counters inside those traces.
         arrays, static = callables.split(self.denoiser)
+        if sigma.ndim == 0 and sigma_to.ndim == 0:
+            sigma, sigma_to = sigma.astype(x.dtype), sigma_to.astype(x.dtype)
+            x_low = self._solve(x, sigma, sigma_to, cond)
+        else:
+            sigma, sigma_to = per_example(sigma, x), per_example(sigma_to, x, "sigma_to")
 
-        def one(arrays, x_i, sigma_i, sigma_to_i, cond_i):
-            flow_map = dataclasses.replace(self, denoiser=callables.merge(arrays, static))
-            cond_i = jax.tree_util.tree_map(lambda c: c[None], cond_i)
-            return flow_map._solve(x_i[None], sigma_i, sigma_to_i, cond_i)[0]
+            def one(arrays, x_i, sigma_i, sigma_to_i, cond_i):
+                flow_map = dataclasses.replace(self, denoiser=callables.merge(arrays, static))
+                cond_i = jax.tree_util.tree_map(lambda c: c[None], cond_i)
+                return flow_map._solve(x_i[None], sigma_i, sigma_to_i, cond_i)[0]
 
-        cond_axis = None if cond is None else 0
-        return jax.vmap(one, in_axes=(None, 0, 0, 0, cond_axis))(arrays, x, sigma, sigma_to, cond)
+            cond_axis = None if cond is None else 0
+            x_low = jax.vmap(one, in_axes=(None, 0, 0, 0, cond_axis))(
+                arrays, x, sigma, sigma_to, cond
+            )
+
+        def final_step(arrays, x_low):
+            """The samplers' first-order step to 0, ``D(x, floor)``, where ``sigma_to = 0``."""
+            denoiser = callables.merge(arrays, static)
+            floor = per_example(_FLOOR * jnp.where(sigma > 0, sigma, 1.0), x)
+            x0 = jnp.asarray(denoiser(x_low, floor, cond)).astype(x.dtype)
+            return jnp.where(expand(per_example(keep, x), x), x_low, x0)
+
+        keep = (sigma_to > 0) | (sigma_to >= sigma)  # above 0, or the identity
+        # A real branch (unbatched predicate): no evaluation when every sigma_to is above 0.
+        return jax.lax.cond(jnp.all(keep), lambda arrays, x_low: x_low, final_step, arrays, x_low)
 
     def _solve(self, x, sigma, sigma_to, cond):
-        """One solve with scalar times (safe values where the grid would degenerate)."""
+        """The state at ``sigma_to`` (at ``_FLOOR * sigma`` for ``sigma_to = 0``) for scalar
+        times; ``x`` itself at ``sigma_to = sigma``."""
         same = sigma_to >= sigma
         sigma_safe = jnp.where(sigma > 0, sigma, 1.0)
-        low = jnp.where(sigma_to > 0, sigma_to, 1e-6 * sigma_safe)
+        low = jnp.where(sigma_to > 0, sigma_to, _FLOOR * sigma_safe)
         low = jnp.where(same, 0.5 * sigma_safe, low)
         sigmas = self.grid(self.num_steps + 1, sigma_min=low, sigma_max=sigma_safe)
         fn = samplers.get(self.sampler).fn
         with warnings.catch_warnings():  # x / sigma is the state, not unit noise
             warnings.filterwarnings("ignore", message="noise has RMS")
-            x0, trajectory = fn(
+            _, trajectory = fn(
                 self.denoiser, x / sigma_safe, sigmas, key=None, cond=cond,
                 return_trajectory=True, **dict(self.options),
             )
-        x_to = jnp.where(sigma_to > 0, trajectory[self.num_steps], x0)
-        return jnp.where(same, x, x_to)
+        # The sampler's own final step to 0 is unused, so XLA removes its evaluation.
+        return jnp.where(same, x, trajectory[self.num_steps])

@@ -69,6 +69,17 @@ def _check_x0(x0):
     return x0
 
 
+def _check_num_levels(num_levels, max_levels=None):
+    """A concrete number of levels must give at least one step (and fit ``max_levels``)."""
+    if isinstance(num_levels, jax.core.Tracer):
+        return
+    value = int(num_levels)
+    if value < 2:
+        raise ValueError(f"num_levels={value}: the grid never reaches two levels (one step)")
+    if max_levels is not None and value > max_levels:
+        raise ValueError(f"num_levels={value} exceeds max_levels={max_levels}")
+
+
 def _pair_loss(student, target, x_high, sigma_high, x_low, sigma_low, sigma_min, cond, distance):
     """``d(f_theta(x_high, sigma_high), sg f_target(x_low, sigma_low))`` with ``f(x, s) =
     flow_map(x, s, sigma_min)``."""
@@ -94,8 +105,9 @@ def consistency_distillation_loss(
     f_target(x_n, sigma_n))``. ``teacher`` is any flow map (a one-step ``TeacherFlowMap`` with
     Euler, Heun or DPM-Solver is the paper's ODE solver step)."""
     x0 = _check_x0(x0)
-    if not isinstance(num_levels, int) or num_levels < 2:
-        raise ValueError(f"num_levels must be an int >= 2 (one step); got {num_levels!r}")
+    if not isinstance(num_levels, int):
+        raise ValueError(f"num_levels must be a Python int; got {num_levels!r}")
+    _check_num_levels(num_levels)
     index_key, noise_key = jax.random.split(key)
     batch = x0.shape[0]
     index = _draw_index(index_key, batch, num_levels - 1)
@@ -122,6 +134,7 @@ def consistency_training_loss(
     Thm. 2). ``num_levels`` may be traced: pass :func:`curricula.ct_num_levels` of
     ``context.step`` and the EMA target of decay :func:`curricula.ct_ema_decay`."""
     x0 = _check_x0(x0)
+    _check_num_levels(num_levels)
     index_key, noise_key = jax.random.split(key)
     batch = x0.shape[0]
     index = _draw_index(index_key, batch, jnp.asarray(num_levels) - 1)
@@ -170,6 +183,7 @@ def ict_loss(
     ``c = huber_c`` (default :func:`ict_huber_constant`). No EMA teacher: pass ``target =
     context.detached``."""
     x0 = _check_x0(x0)
+    _check_num_levels(num_levels, max_levels)
     huber_c = ict_huber_constant(x0.shape[1:]) if huber_c is None else huber_c
     index_key, noise_key = jax.random.split(key)
     logits = ict_level_logits(

@@ -154,7 +154,7 @@ def meanflow_loss(
         velocity, cond = _guided_velocity(model, z, t, velocity, cond, key_drop, cfg_scale,
                                           cfg_kappa, null_class, label_dropout)
     u, target = meanflow_target(model, z, r, t, velocity, cond)
-    error = (u - target).astype(jnp.float32)
+    error = u - target
     squared_norm = jnp.sum(jnp.reshape(error**2, (batch, -1)), axis=-1)
     return adaptive_weight(squared_norm, p=adaptive_p, c=adaptive_c) * squared_norm
 

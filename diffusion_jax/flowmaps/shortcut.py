@@ -81,5 +81,5 @@ def shortcut_loss(
                                   num_levels=num_levels, cond=boot_cond)
     flow_target = (noise - x0)[num_bootstrap:]
     regression_target = jnp.concatenate([boot_target, flow_target])
-    error = (model.average_velocity(x_t, t, step, cond) - regression_target).astype(jnp.float32)
+    error = model.average_velocity(x_t, t, step, cond) - regression_target
     return jnp.mean(jnp.reshape(error**2, (batch, -1)), axis=-1)

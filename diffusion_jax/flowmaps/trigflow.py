@@ -208,7 +208,7 @@ def scm_loss(
     tangent = jax.lax.stop_gradient(normalise_tangent(tangent, tangent_c))
     output_target = jax.lax.stop_gradient(output_target)
     output = model.network(x_t / model.sigma_data, model.time_scale * t, cond)
-    error = (output - output_target - tangent).astype(jnp.float32)
+    error = output - output_target - tangent
     loss = jnp.mean(jnp.reshape(error**2, (batch, -1)), axis=-1)
     if log_variance is None:
         return loss

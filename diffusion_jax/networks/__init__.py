@@ -1,11 +1,13 @@
 """Flax NNX backbones (they know nothing of sigma; preconditioning wraps them).
 
-``MLP`` for low-dimensional data, ``UNet`` (DDPM++/NCSN++ family) for images, and the noise
+``MLP`` for low-dimensional data, ``UNet`` (DDPM++/NCSN++ family) for images, ``EncoderClassifier``
+(its encoder half with a pooled head: classifier guidance's noisy classifier), and the noise
 embeddings ``FourierEmbedding`` / ``PositionalEmbedding``. Every network is called as
 ``network(x, c_noise, cond=None)`` and is a pytree usable inside
 ``diffusion_jax.denoisers.PreconditionedDenoiser``.
 """
 
+from diffusion_jax.networks.classifier import EncoderClassifier
 from diffusion_jax.networks.conditioning import EMBEDDINGS, NoiseConditioning, check_labels
 from diffusion_jax.networks.embeddings import FourierEmbedding, PositionalEmbedding
 from diffusion_jax.networks.layers import group_count
@@ -16,6 +18,7 @@ from diffusion_jax.networks.wrappers import WithDropoutKey, reseed_rng_streams
 __all__ = [
     "EMBEDDINGS",
     "AttentionBlock",
+    "EncoderClassifier",
     "FourierEmbedding",
     "MLP",
     "NoiseConditioning",

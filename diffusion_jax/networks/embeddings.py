@@ -16,9 +16,16 @@ from diffusion_jax.networks.init import chunked_normal
 __all__ = ["FourierEmbedding", "PositionalEmbedding", "as_noise_batch"]
 
 
-def as_noise_batch(c_noise, batch_size, dtype=jnp.float32):
-    """Broadcast a scalar or ``(batch,)`` noise input to shape ``(batch,)``; else ``ValueError``."""
-    c_noise = jnp.asarray(c_noise, dtype)
+def noise_dtype(c_noise):
+    """float32, or float64 for a float64 array (x64 runs keep full precision, e.g. for
+    finite-difference checks of a network's time derivative)."""
+    return jnp.float64 if getattr(c_noise, "dtype", None) == jnp.float64 else jnp.float32
+
+
+def as_noise_batch(c_noise, batch_size, dtype=None):
+    """Broadcast a scalar or ``(batch,)`` noise input to shape ``(batch,)``; else ``ValueError``.
+    ``dtype=None``: :func:`noise_dtype`."""
+    c_noise = jnp.asarray(c_noise, noise_dtype(c_noise) if dtype is None else dtype)
     if c_noise.ndim == 0:
         return jnp.broadcast_to(c_noise, (batch_size,))
     if c_noise.shape != (batch_size,):
@@ -48,7 +55,7 @@ class FourierEmbedding(nnx.Module):
 
     def __call__(self, c_noise):
         """``c_noise (batch,)`` -> ``(batch, dim)``."""
-        angles = 2.0 * math.pi * jnp.asarray(c_noise, jnp.float32)[:, None]
+        angles = 2.0 * math.pi * jnp.asarray(c_noise, noise_dtype(c_noise))[:, None]
         angles = angles * self.frequencies[...][None, :]
         return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
@@ -68,5 +75,5 @@ class PositionalEmbedding(nnx.Module):
         """``c_noise (batch,)`` -> ``(batch, dim)``."""
         half = self.dim // 2
         frequencies = jnp.exp(-math.log(self.max_positions) * jnp.arange(half) / half)
-        angles = jnp.asarray(c_noise, jnp.float32)[:, None] * frequencies[None, :]
+        angles = jnp.asarray(c_noise, noise_dtype(c_noise))[:, None] * frequencies[None, :]
         return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)

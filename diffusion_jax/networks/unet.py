@@ -72,7 +72,8 @@ class AttentionBlock(nnx.Module):
         qkv = self.qkv(self.norm(x)).reshape(batch, height * width, 3, self.num_heads, head_dim)
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(head_dim)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
+        softmax_dtype = jnp.promote_types(logits.dtype, jnp.float32)  # f32, or f64 under x64
+        weights = jax.nn.softmax(logits.astype(softmax_dtype), axis=-1).astype(value.dtype)
         attended = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
         attended = self.output(attended.reshape(batch, height, width, channels))
         return (x + attended) * _SKIP_SCALE

@@ -6,6 +6,7 @@ import json
 import os
 import time
 
+from diffusion_jax.posthoc_ema import gamma_of_sigma_rel
 from diffusion_jax.recipes.builders import (
     COMPUTE_DTYPES,
     as_config,
@@ -50,6 +51,13 @@ def validate_config(config):
                 f"train.{every} = {value} must be a positive multiple of steps_per_call = "
                 f"{train.steps_per_call}"
             )
+    every = train.get("posthoc_ema_every", 0)
+    if every < 0 or every % train.steps_per_call:
+        raise ValueError(f"train.posthoc_ema_every = {every} must be 0 (off) or a positive "
+                         f"multiple of steps_per_call = {train.steps_per_call}")
+    if every:
+        for sigma_rel in train.posthoc_ema_sigma_rels:
+            gamma_of_sigma_rel(sigma_rel)  # one line for a width no power EMA has
     if train.max_to_keep < 1:
         raise ValueError(f"train.max_to_keep must be >= 1 (0 would delete every checkpoint); "
                          f"got {train.max_to_keep}")

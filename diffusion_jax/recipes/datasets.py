@@ -13,10 +13,10 @@ __all__ = ["load_arrays", "load_split", "preprocess", "is_whole_dataset_on_every
 
 
 def is_whole_dataset_on_every_host(config) -> bool:
-    """Toy sets and digits are small: every process holds all of it and takes its rows of each
+    """Toy sets and digits (8x8, 32x32) are small: every process holds all of it and takes its rows of each
     global batch; a TFDS set is sharded over processes."""
     name = as_config(config).data.name
-    return name in data.TOY_DATASETS or name == "digits"
+    return name in data.TOY_DATASETS or name in ("digits", "digits32")
 
 
 def load_arrays(config):
@@ -35,6 +35,8 @@ def load_arrays(config):
         )
     if name == "digits":
         images, labels = data.load_digits(config.data.split)
+    elif name == "digits32":
+        images, labels = data.load_digits32(config.data.split)
     else:  # load_tfds says how to set data_dir and catches misspelt built-in names
         images, labels = data.load_tfds(
             name, config.data.split, data_dir=config.data.data_dir,
@@ -64,11 +66,16 @@ def load_split(config, split):
 def preprocess(batch, key, *, image: bool, random_flip: bool = False):
     """Model-range float data: uniform dequantisation ``(x_uint8 + U[0,1)) / 256`` then
     ``[0, 1) -> [-1, 1]`` for images (Theis et al. 2016; Ho et al. 2020), with optional random
-    horizontal flips (Song et al. 2021, App. H); toy data as is."""
-    if not image:
+    horizontal flips (Song et al. 2021, App. H); toy data as is. A codec's latents
+    (``{"latent": float}``, the latent family) are not pixels: they pass through untouched
+    (flipped only with ``random_flip``)."""
+    if not image and "latent" not in batch:
         return batch["x"]
     dequant_key, flip_key = jax.random.split(key)
-    x = data.to_model_range(data.dequantize(batch["image"], dequant_key))
+    if "latent" in batch:
+        x = batch["latent"]
+    else:
+        x = data.to_model_range(data.dequantize(batch["image"], dequant_key))
     if random_flip:
         flip = jax.random.bernoulli(flip_key, 0.5, (x.shape[0], 1, 1, 1))
         x = jnp.where(flip, x[:, :, ::-1, :], x)

@@ -16,7 +16,12 @@ import traceback
 
 import ml_collections
 
-from diffusion_jax.recipes import discrete_defaults, flowmaps_defaults, flows_defaults
+from diffusion_jax.recipes import (
+    discrete_defaults,
+    flowmaps_defaults,
+    flows_defaults,
+    latent_defaults,
+)
 
 __all__ = ["base_config", "load_config", "parse_overrides"]
 
@@ -89,6 +94,10 @@ def base_config():
     train.ema_half_lives = (5000.0,)  # in training images (Karras et al. 2022)
     train.ema_rampup_ratio = 0.05
     train.ema_decays = ()  # fixed per-step decays, e.g. (0.9999,)
+    # post-hoc EMA (EDM2): power EMAs of these widths, snapshots every N steps (0: off) under
+    # workdir/posthoc_ema; sample.py / evaluate.py --ema sigma_rel=0.08 reconstruct any width
+    train.posthoc_ema_sigma_rels = (0.05, 0.10)
+    train.posthoc_ema_every = 0
     train.compute_dtype = "float32"  # float32 | bfloat16 (network compute; state stays float32)
     train.steps_per_call = 1
     train.mesh_data = -1
@@ -121,6 +130,7 @@ def base_config():
     discrete_defaults.add_defaults(config)  # config.discrete: the discrete family's settings
     flows_defaults.add_defaults(config)  # config.flow: the flow family's settings
     flowmaps_defaults.add_defaults(config)  # config.flowmap: the flow-map family's settings
+    latent_defaults.add_defaults(config)  # config.latent: the latent family's settings
     config.lock()
     return config
 

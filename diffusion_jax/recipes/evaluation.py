@@ -1,7 +1,7 @@
 """Evaluation of a run: bits/dim of a data split and sample quality (FID, KID, Inception Score,
 precision/recall) of generated samples against reference features, with the feature network
-chosen by the data (the bundled digits classifier, a local FID Inception-v3 weight file, or the
-raw coordinates of toy 2-D data).
+chosen by the data (the bundled digits classifier, for 32 x 32 digits after 4 x 4 averaging; a
+local FID Inception-v3 weight file; or the raw coordinates of toy 2-D data).
 
 Sampling protocol: sample ``i`` starts from ``normal(fold_in(split(key(seed))[0], i))``
 (:func:`diffusion_jax.recipes.sampling.generate`).
@@ -44,6 +44,13 @@ def _digits_features(_):
     return digits_feature_function(load_digits_classifier())
 
 
+def _digits32_features(_):
+    """The digits classifier on 32 x 32 digits after 4 x 4 box averaging back to 8 x 8
+    (:func:`diffusion_jax.data.box_downsample`), applied alike to samples and references."""
+    classify = _digits_features(None)
+    return lambda images: classify(data.box_downsample(np.asarray(images), 4))
+
+
 def _inception_features(weights):
     from diffusion_jax.metrics.inception import inception_feature_function, load_inception
 
@@ -56,6 +63,7 @@ def _identity_features(_):
 
 FEATURE_NETWORKS = {
     "digits_classifier": _digits_features,
+    "digits32_classifier": _digits32_features,
     "inception_v3": _inception_features,
     "identity": _identity_features,
 }
@@ -69,6 +77,8 @@ def feature_network_name(config, inception_weights=None):
         return "identity"
     if config.data.name == "digits":
         return "digits_classifier"
+    if config.data.name == "digits32":
+        return "digits32_classifier"
     return "inception_v3" if inception_weights else None
 
 
@@ -188,9 +198,11 @@ def bits_per_dim_report(denoiser, config, images, *, key, sigma_min, divergence,
 
 def evaluate_samples(denoiser, config, *, num_samples, seed, reference_dir, reference_split="train",
                      reference=None, inception_weights=None, sampler=None, grid=None,
-                     num_steps=None, batch_size=256, progress=False):
+                     num_steps=None, batch_size=256, progress=False, workdir=None,
+                     guidance_scale=None, guidance_spec=None, guide=None):
     """Sample quality of ``num_samples`` samples (a dict), or a ``"skipped: ..."`` string when
-    no feature network fits the data."""
+    no feature network fits the data (``workdir``: the run of ``grid="learned"``); guidance as in
+    :func:`~diffusion_jax.recipes.generate`."""
     config = as_config(config)
     name = feature_network_name(config, inception_weights)
     if name is None:
@@ -198,7 +210,8 @@ def evaluate_samples(denoiser, config, *, num_samples, seed, reference_dir, refe
     feature_fn = feature_function(name, inception_weights)
     samples, _ = generate(
         denoiser, config, num_samples=num_samples, seed=seed, sampler=sampler, grid=grid,
-        num_steps=num_steps, batch_size=batch_size, progress=progress,
+        num_steps=num_steps, batch_size=batch_size, progress=progress, workdir=workdir,
+        guidance_scale=guidance_scale, guidance_spec=guidance_spec, guide=guide,
     )
     reference_path = reference or os.path.join(
         reference_dir, f"reference_{config.data.name}_{reference_split}_{name}.npz"

@@ -20,6 +20,7 @@ FAMILY_MODULES = {
     "flow": "diffusion_jax.recipes.flows",
     "discrete": "diffusion_jax.recipes.discrete",
     "flowmap": "diffusion_jax.recipes.flowmaps",
+    "latent": "diffusion_jax.recipes.latent",
 }
 
 

@@ -8,7 +8,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from diffusion_jax import checkpoints
+import jax
+import jax.numpy as jnp
+
+from diffusion_jax import checkpoints, posthoc_ema
 from diffusion_jax.recipes.builders import (
     as_config,
     model_from_spec,
@@ -61,7 +64,8 @@ def load(workdir, *, step: int | None = None, ema: bool | str = "first",
          build: Callable | None = None, sharding=None) -> Run:
     """Load the run in ``workdir``: the newest readable checkpoint (or exactly ``step``), the
     first EMA (``ema="first"``), the raw parameters (``"raw"``), a named EMA, or the run's own
-    choice ``config.sample.ema`` (``"config"``).
+    choice ``config.sample.ema`` (``"config"``), or ``"sigma_rel=0.08"``: the post-hoc EMA of that
+    width reconstructed from the run's snapshots (:mod:`diffusion_jax.posthoc_ema`).
 
     ``build(config) -> (network, wrap)`` overrides the spec for custom networks. ``sharding``
     places the restored arrays (default: this process's first device). Config, spec and weights
@@ -79,6 +83,9 @@ def load(workdir, *, step: int | None = None, ema: bool | str = "first",
 
     if ema == "config":
         ema = as_config(checkpoints.read_run_info(workdir, step=step).config).sample.ema
+    sigma_rel = posthoc_ema.parse_sigma_rel(ema)
+    if sigma_rel is not None:
+        return _load_posthoc_ema(workdir, sigma_rel, build=build, step=step, sharding=sharding)
     loaded = checkpoints.load_run(
         workdir, build=build_override if build else build_from_spec, ema=_ema_choice(ema),
         step=step, sharding=sharding,
@@ -87,4 +94,41 @@ def load(workdir, *, step: int | None = None, ema: bool | str = "first",
     return Run(
         denoiser=loaded.denoiser, config=config, spec=spec_of(config, loaded.spec),
         step=loaded.step, ema=loaded.ema,
+    )
+
+
+def _load_posthoc_ema(workdir, sigma_rel, *, build, step, sharding):
+    """:func:`load` with the parameters of the power-function EMA of width ``sigma_rel`` at the
+    checkpoint's step, the least-squares combination of the snapshots in ``workdir/posthoc_ema``
+    up to that step (Karras et al. 2024, EDM2 App. C.3); ``Run.ema`` is ``"sigma_rel=<value>"``."""
+    from flax import nnx
+
+    networks = []
+
+    def keep(network, wrap):
+        def wrap_and_keep(net):
+            networks.append(net)
+            return wrap(net)
+
+        return network, wrap_and_keep
+
+    def build_from_spec(config, spec):
+        spec = spec_of(as_config(config), spec)
+        return keep(network_from_spec(spec), lambda net: model_from_spec(spec, net))
+
+    loaded = checkpoints.load_run(
+        workdir, build=(lambda config, spec: keep(*build(config))) if build else build_from_spec,
+        ema=False, step=step, sharding=sharding,
+    )
+    network = networks[-1]
+    template = nnx.state(network, nnx.Param)
+    snapshots = posthoc_ema.load_snapshots(
+        os.path.join(workdir, "posthoc_ema"), template, up_to_step=loaded.step
+    )
+    params, _ = posthoc_ema.reconstruct(snapshots, sigma_rel=sigma_rel, step=loaded.step)
+    nnx.update(network, jax.tree.map(jnp.asarray, params))
+    config = as_config(loaded.config)
+    return Run(
+        denoiser=loaded.denoiser, config=config, spec=spec_of(config, loaded.spec),
+        step=loaded.step, ema=f"sigma_rel={sigma_rel:g}",
     )

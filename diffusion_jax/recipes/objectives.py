@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax import denoisers, losses, training
+from diffusion_jax import denoisers, losses, posthoc_ema, training
 from diffusion_jax.recipes.builders import (
     as_config,
     build_process,
@@ -15,7 +15,7 @@ from diffusion_jax.recipes.builders import (
 )
 from diffusion_jax.recipes.datasets import preprocess
 
-__all__ = ["LOSSES", "make_loss_fn", "ema_schedules", "drop_labels"]
+__all__ = ["LOSSES", "make_loss_fn", "ema_schedules", "posthoc_ema_gammas", "drop_labels"]
 
 LOSSES = ("denoising", "flow_matching")
 
@@ -89,4 +89,16 @@ def ema_schedules(config):
         )
     for decay in train.ema_decays:
         schedules[f"decay_{decay:g}"] = training.ema_constant(decay)
+    for name, gamma in posthoc_ema_gammas(config).items():
+        schedules[name] = training.ema_power(gamma)
     return schedules
+
+
+def posthoc_ema_gammas(config):
+    """EMA name -> power exponent of the post-hoc EMA snapshots (EDM2 Sec. 3.1; empty when
+    ``train.posthoc_ema_every`` is 0)."""
+    train = as_config(config).train
+    if not train.get("posthoc_ema_every", 0):
+        return {}
+    return {f"power_sigma_rel_{s:g}": posthoc_ema.gamma_of_sigma_rel(s)
+            for s in train.posthoc_ema_sigma_rels}

@@ -39,12 +39,20 @@ GRIDS = {
     "edm_vp": lambda n, s, process: samplers.edm_vp_sigmas(n),
 }
 
+# The grid learned for a run (diffusion_jax.recipes.grid_learning), stored in its directory.
+LEARNED = "learned"
 
-def build_grid(config, grid, num_steps):
-    """The sigma grid ``grid`` of ``num_steps`` steps with ``config.sample``'s range."""
+
+def build_grid(config, grid, num_steps, *, workdir=None, sampler=None):
+    """The sigma grid ``grid`` of ``num_steps`` steps with ``config.sample``'s range; ``grid =
+    "learned"`` reads ``workdir/grids/<sampler>_<num_steps>.json`` (``learn_grid.py``)."""
     config = as_config(config)
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer; got {num_steps!r}")
+    if grid == LEARNED:
+        from diffusion_jax.recipes.grid_learning import load_learned_grid
+
+        return load_learned_grid(workdir, sampler or config.sample.sampler, num_steps)
     return pick(GRIDS, grid, "grid")(num_steps, config.sample, build_process(config))
 
 
@@ -62,21 +70,31 @@ def sample_noise(key, start, count, shape, dtype=jnp.float32):
     )
 
 
-def make_sample_fn(sampler_name, guidance_scale=0.0, null_class=None, options=None):
-    """Jitted ``fn(denoiser, noise, sigmas, key, cond) -> x0`` for a registered sampler with its
-    ``options``, with classifier-free guidance (Ho & Salimans 2022) against the label
-    ``null_class`` when ``guidance_scale != 0``."""
+def make_sample_fn(sampler_name, guidance_scale=0.0, null_class=None, options=None,
+                   guidance_spec=None):
+    """Jitted ``fn(denoiser, noise, sigmas, key, cond, guide=None) -> x0`` for a registered
+    sampler with its ``options``, with classifier-free guidance (Ho & Salimans 2022) against the
+    label ``null_class`` when ``guidance_scale != 0``, or the guidance of ``guidance_spec`` (a
+    :class:`~diffusion_jax.recipes.guided.Guidance`; ``guide`` is its weaker run or classifier)."""
     info = sampler_info(sampler_name)
     options = dict(options or {})
     unknown = sorted(set(options) - set(info.options))
     if unknown:
         raise ValueError(f"sampler {info.name!r} has no option(s) {unknown}; its options are "
                          f"{list(info.options)}")
-    if guidance_scale and null_class is None:
+    if guidance_spec is not None:
+        guidance_spec.check(conditional=null_class is not None, sampler=info.name)
+    elif guidance_scale and null_class is None:
         raise ValueError("classifier-free guidance needs a class-conditional model "
                          "(train.class_conditional = True)")
 
-    def run(denoiser, noise, sigmas, key, cond):
+    def run(denoiser, noise, sigmas, key, cond, guide=None):
+        if guidance_spec is not None:
+            null_cond = None if null_class is None else jnp.full(noise.shape[:1], null_class,
+                                                                  jnp.int32)
+            return guidance_spec.sample(info.fn, denoiser, guide, noise, sigmas, cond=cond,
+                                        key=key if info.stochastic else None,
+                                        null_cond=null_cond, options=options)
         if guidance_scale:
             null_cond = jnp.full(noise.shape[:1], null_class, jnp.int32)
             denoiser = guidance.classifier_free(denoiser, guidance_scale, null_cond=null_cond)
@@ -108,9 +126,12 @@ def resolve_labels(config, num_samples, labels=None):
 
 
 def generate(denoiser, config, *, num_samples, seed, sampler=None, grid=None, num_steps=None,
-             guidance_scale=None, batch_size=None, labels=None, options=None, progress=False):
+             guidance_scale=None, batch_size=None, labels=None, options=None, progress=False,
+             workdir=None, guidance_spec=None, guide=None):
     """``num_samples`` samples (host array in model range) and their labels (or ``None``);
-    sampler, grid, steps and guidance default to ``config.sample``."""
+    sampler, grid, steps and guidance default to ``config.sample``; ``workdir`` is the run
+    directory of ``grid="learned"``; ``guidance_spec`` (a
+    :class:`~diffusion_jax.recipes.guided.Guidance`) and its ``guide`` replace the config's CFG."""
     config = as_config(config)
     sc = config.sample
     if not isinstance(num_samples, int) or num_samples < 1:
@@ -120,10 +141,10 @@ def generate(denoiser, config, *, num_samples, seed, sampler=None, grid=None, nu
     num_steps = sc.num_steps if num_steps is None else num_steps
     guidance_scale = sc.guidance_scale if guidance_scale is None else guidance_scale
     batch_size = min(batch_size or sc.batch_size, num_samples)
-    sigmas = build_grid(config, grid, num_steps)
+    sigmas = build_grid(config, grid, num_steps, workdir=workdir, sampler=sampler)
     labels = resolve_labels(config, num_samples, labels)
     null_class = int(config.data.num_classes) if labels is not None else None
-    fn = make_sample_fn(sampler, guidance_scale, null_class, options)
+    fn = make_sample_fn(sampler, guidance_scale, null_class, options, guidance_spec)
     shape = tuple(config.data.shape)
     noise_key, sampler_key = jax.random.split(jax.random.key(seed))
     starts = range(0, num_samples, batch_size)
@@ -140,7 +161,7 @@ def generate(denoiser, config, *, num_samples, seed, sampler=None, grid=None, nu
         if labels is not None:
             batch_labels = np.resize(labels[start:start + count], batch_size)
             cond = jnp.asarray(batch_labels, jnp.int32)
-        x0 = fn(denoiser, noise, sigmas, jax.random.fold_in(sampler_key, start), cond)
+        x0 = fn(denoiser, noise, sigmas, jax.random.fold_in(sampler_key, start), cond, guide=guide)
         outputs.append(np.asarray(jax.device_get(x0))[:count])
     samples = np.concatenate(outputs)
     if not np.all(np.isfinite(samples)):

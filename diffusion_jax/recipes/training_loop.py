@@ -16,13 +16,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from diffusion_jax import callables, checkpoints, data, runlock, sharding, training
+from diffusion_jax import callables, checkpoints, data, posthoc_ema, runlock, sharding, training
 from diffusion_jax.recipes import runtime
 from diffusion_jax.recipes.builders import COMPUTE_DTYPES, as_config, build_model, model_spec
 from diffusion_jax.recipes.config_check import check_resume_config, validate_config
 from diffusion_jax.recipes.datasets import is_whole_dataset_on_every_host, load_arrays
 from diffusion_jax.recipes.families import family_module
-from diffusion_jax.recipes.objectives import ema_schedules
+from diffusion_jax.recipes.objectives import ema_schedules, posthoc_ema_gammas
 from diffusion_jax.recipes.writers import MetricWriter
 
 __all__ = ["TrainExtras", "TrainResult", "check_workdir", "train"]
@@ -256,6 +256,18 @@ def _train_locked(config, workdir, allow_config_change):
         flush_metrics()
         checkpoints.save(manager, state, config_dict, spec=spec, force=force)
 
+    posthoc = posthoc_ema_gammas(config)
+
+    def save_posthoc_snapshot(at_step):
+        """The power EMAs after ``at_step`` updates to workdir/posthoc_ema (EDM2 Sec. 3.1)."""
+        from jax.experimental import multihost_utils
+
+        flush_metrics()  # a non-finite loss raises before anything is saved
+        trees = [multihost_utils.process_allgather(state.ema[n], tiled=True) for n in posthoc]
+        if primary:
+            posthoc_ema.save_snapshot(os.path.join(workdir, "posthoc_ema"), at_step,
+                                      list(posthoc.values()), trees)
+
     def ema_model():
         return wrap(training.merge_network(parts, state.ema[next(iter(emas))], state.buffers))
 
@@ -325,6 +337,8 @@ def _train_locked(config, workdir, allow_config_change):
                     window_start, window_step = time.time(), step
                 if step % tc.checkpoint_every == 0:
                     save()
+                if posthoc and step % tc.posthoc_ema_every == 0:
+                    save_posthoc_snapshot(step)
                 extra = False
                 if tc.sample_every and step % tc.sample_every == 0 and step < tc.num_steps:
                     flush_metrics()

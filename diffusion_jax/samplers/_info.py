@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 # Keyword arguments every sampler takes besides its own ``options``.
-COMMON_KEYWORDS = ("key", "cond", "return_trajectory", "callback")
+# ``unroll`` and ``checkpoint`` are the scan options of the one driver (``_core.integrate``).
+COMMON_KEYWORDS = ("key", "cond", "return_trajectory", "callback", "unroll", "checkpoint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Variant:
 @dataclasses.dataclass(frozen=True)
 class SamplerInfo:
     """Descriptor of one sampler ``fn(denoiser, noise, sigmas, *, key=None, cond=None,
-    return_trajectory=False, callback=None, **options)``.
+    return_trajectory=False, callback=None, unroll=None, checkpoint=False, **options)``.
 
     * ``name``: the name ``samplers.get`` and the CLIs use (also ``fn``'s attribute name in
       :mod:`diffusion_jax.samplers`).

@@ -27,6 +27,7 @@ __all__ = ["deis"]
 
 def deis(
     denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
     order=3, lower_order_final=True, singlestep_warmup=False,
 ):
     """tAB-DEIS of order 1-3: ``x_next = x - sigma_i sum_j C_j eps_{i-j}`` with ``C_j = int_0^h
@@ -75,6 +76,7 @@ def deis(
 
     return sample(
         step, denoiser, noise, sigmas, cond=cond, callback=callback,
+        unroll=unroll, checkpoint=checkpoint,
         return_trajectory=return_trajectory, carry_rest=(empty_history, placeholder_lambdas),
         per_step=(lambda n: step_orders(n, order, lower_order_final),),
         warmup=warmup if singlestep_warmup else None,

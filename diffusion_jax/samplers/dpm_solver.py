@@ -105,7 +105,10 @@ def _singlestep_noise(denoiser, x, sigma, sigma_next, cond, order, eps=None):
     return x_next, x0_hat
 
 
-def _singlestep(denoiser, noise, sigmas, cond, callback, return_trajectory, order, data_prediction):
+def _singlestep(
+    denoiser, noise, sigmas, cond, callback, return_trajectory, order, data_prediction, *,
+    unroll, checkpoint,
+):
     update = _singlestep_data if data_prediction else _singlestep_noise
 
     def step(denoiser, carry, inputs, cond):
@@ -115,12 +118,13 @@ def _singlestep(denoiser, noise, sigmas, cond, callback, return_trajectory, orde
 
     return sample(
         step, denoiser, noise, sigmas, cond=cond, callback=callback,
-        return_trajectory=return_trajectory,
+        return_trajectory=return_trajectory, unroll=unroll, checkpoint=checkpoint,
     )
 
 
 def dpm_solver_2(
     denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
     data_prediction=True,
 ):
     """Singlestep second-order DPM-Solver: DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1) with
@@ -132,12 +136,14 @@ def dpm_solver_2(
     """
     del key
     return _singlestep(
-        denoiser, noise, sigmas, cond, callback, return_trajectory, 2, data_prediction
+        denoiser, noise, sigmas, cond, callback, return_trajectory, 2, data_prediction,
+        unroll=unroll, checkpoint=checkpoint,
     )
 
 
 def dpm_solver_3(
     denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
     data_prediction=True,
 ):
     """Singlestep third-order DPM-Solver: DPM-Solver++(3S) with ``data_prediction=True``,
@@ -148,7 +154,8 @@ def dpm_solver_3(
     """
     del key
     return _singlestep(
-        denoiser, noise, sigmas, cond, callback, return_trajectory, 3, data_prediction
+        denoiser, noise, sigmas, cond, callback, return_trajectory, 3, data_prediction,
+        unroll=unroll, checkpoint=checkpoint,
     )
 
 
@@ -169,7 +176,7 @@ def step_orders(num_interior, order, lower_order_final):
 
 def _multistep(
     denoiser, noise, sigmas, key, cond, callback, return_trajectory, order, eta, s_noise,
-    lower_order_final, singlestep_warmup=False,
+    lower_order_final, singlestep_warmup=False, *, unroll, checkpoint,
 ):
     """Shared DPM-Solver++(kM) / SDE-DPM-Solver++(kM) driver (Lu et al. 2022b, Alg. 2 and
     eq. (9) for the SDE; ``eta`` scales the injected noise as in k-diffusion). With
@@ -220,12 +227,13 @@ def _multistep(
         step, denoiser, noise, sigmas, cond=cond, callback=callback,
         return_trajectory=return_trajectory, carry_rest=(zeros, zeros, ones, ones),
         per_step=(lambda n: step_orders(n, order, lower_order_final),),
-        warmup=warmup if singlestep_warmup else None,
+        warmup=warmup if singlestep_warmup else None, unroll=unroll, checkpoint=checkpoint,
     )
 
 
 def dpmpp_2m(
     denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
     lower_order_final=True,
 ):
     """DPM-Solver++(2M), multistep second order in data prediction (Lu et al. 2022b, Alg. 2):
@@ -238,12 +246,13 @@ def dpmpp_2m(
     del key
     return _multistep(
         denoiser, noise, sigmas, None, cond, callback, return_trajectory, 2, 0.0, 1.0,
-        lower_order_final,
+        lower_order_final, unroll=unroll, checkpoint=checkpoint,
     )
 
 
 def dpmpp_3m(
     denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
     lower_order_final=True, singlestep_warmup=False,
 ):
     """DPM-Solver++(3M), multistep third order in data prediction (Lu et al. 2022b, App. B; the
@@ -258,12 +267,13 @@ def dpmpp_3m(
     del key
     return _multistep(
         denoiser, noise, sigmas, None, cond, callback, return_trajectory, 3, 0.0, 1.0,
-        lower_order_final, singlestep_warmup,
+        lower_order_final, singlestep_warmup, unroll=unroll, checkpoint=checkpoint,
     )
 
 
 def dpmpp_2m_sde(
     denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
     eta=1.0, s_noise=1.0, lower_order_final=True,
 ):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b, eq. 9 / Sec. 4.3; ``eta`` as in k-diffusion):
@@ -277,12 +287,13 @@ def dpmpp_2m_sde(
     check_nonnegative("dpmpp_2m_sde", eta=eta, s_noise=s_noise)
     return _multistep(
         denoiser, noise, sigmas, key, cond, callback, return_trajectory, 2, eta, s_noise,
-        lower_order_final,
+        lower_order_final, unroll=unroll, checkpoint=checkpoint,
     )
 
 
 def dpmpp_3m_sde(
     denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
     eta=1.0, s_noise=1.0, lower_order_final=True,
 ):
     """SDE-DPM-Solver++(3M) (Lu et al. 2022b, eq. 9 with the third-order multistep data term),
@@ -303,7 +314,7 @@ def dpmpp_3m_sde(
     check_nonnegative("dpmpp_3m_sde", eta=eta, s_noise=s_noise)
     return _multistep(
         denoiser, noise, sigmas, key, cond, callback, return_trajectory, 3, eta, s_noise,
-        lower_order_final,
+        lower_order_final, unroll=unroll, checkpoint=checkpoint,
     )
 
 

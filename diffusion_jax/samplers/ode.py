@@ -26,7 +26,10 @@ from diffusion_jax.samplers.steps import euler_update, heun_update
 __all__ = ["euler", "heun", "lms", "ipndm"]
 
 
-def euler(denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None):
+def euler(
+    denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
+):
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Alg. 1 without the
     correction; identical to DDIM with eta 0, Song et al. 2021 "DDIM", eq. 13).
 
@@ -36,7 +39,7 @@ def euler(denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=Fal
     del key
     return sample(
         _euler_step, denoiser, noise, sigmas, cond=cond, callback=callback,
-        return_trajectory=return_trajectory,
+        return_trajectory=return_trajectory, unroll=unroll, checkpoint=checkpoint,
     )
 
 
@@ -46,7 +49,10 @@ def _euler_step(denoiser, carry, inputs, cond):
     return (euler_update(x, x0_hat, sigma, sigma_next),), x0_hat
 
 
-def heun(denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None):
+def heun(
+    denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
+):
     """Heun's second-order method (Karras et al. 2022, Alg. 1): trapezoidal correction on every
     step that ends above 0, a plain Euler step to ``sigma = 0``.
 
@@ -56,7 +62,7 @@ def heun(denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=Fals
     del key
     return sample(
         _heun_step, denoiser, noise, sigmas, cond=cond, callback=callback,
-        return_trajectory=return_trajectory,
+        return_trajectory=return_trajectory, unroll=unroll, checkpoint=checkpoint,
     )
 
 
@@ -68,7 +74,7 @@ def _heun_step(denoiser, carry, inputs, cond):
 
 def _adams_bashforth(
     weights_fn, order, denoiser, noise, sigmas, cond, callback, return_trajectory,
-    singlestep_warmup=False,
+    singlestep_warmup=False, *, unroll, checkpoint,
 ):
     """Shared driver of the multistep methods on ``d = dx/dsigma``: ``x_next = x + sum_j w_j
     d_{i-j}`` with the weights from ``weights_fn(sigma_nodes, sigma_next, step_order)``, a
@@ -104,7 +110,7 @@ def _adams_bashforth(
     return sample(
         step, denoiser, noise, sigmas, cond=cond, callback=callback,
         return_trajectory=return_trajectory, carry_rest=(empty_history, placeholder_nodes),
-        warmup=heun_warmup if singlestep_warmup else None,
+        warmup=heun_warmup if singlestep_warmup else None, unroll=unroll, checkpoint=checkpoint,
     )
 
 
@@ -117,6 +123,7 @@ def _lms_weights(nodes, sigma_next, order):
 
 def lms(
     denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
     order=4, singlestep_warmup=False,
 ):
     """Linear multistep (variable-step Adams-Bashforth) in sigma: the previous ``order``
@@ -134,7 +141,7 @@ def lms(
     del key
     check_order(order, (1, 2, 3, 4), "lms")
     return _adams_bashforth(_lms_weights, order, denoiser, noise, sigmas, cond, callback,
-                            return_trajectory, singlestep_warmup)
+                            return_trajectory, singlestep_warmup, unroll=unroll, checkpoint=checkpoint)
 
 
 _IPNDM_COEFFICIENTS = (
@@ -152,6 +159,7 @@ def _ipndm_weights(nodes, sigma_next, order):
 
 def ipndm(
     denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
     order=4,
 ):
     """Improved PNDM: fixed-coefficient Adams-Bashforth on ``dx/dsigma`` with a lower-order
@@ -166,7 +174,7 @@ def ipndm(
     del key
     check_order(order, (1, 2, 3, 4), "ipndm")
     return _adams_bashforth(_ipndm_weights, order, denoiser, noise, sigmas, cond, callback,
-                            return_trajectory)
+                            return_trajectory, unroll=unroll, checkpoint=checkpoint)
 
 
 SAMPLERS = (

@@ -37,7 +37,9 @@ from diffusion_jax.samplers.steps import ancestral_step, ancestral_update, ddim_
 __all__ = ["ddim", "ancestral", "edm_stochastic", "euler_maruyama", "predictor_corrector"]
 
 
-def _single_step_sampler(update, denoiser, noise, sigmas, key, cond, callback, return_trajectory):
+def _single_step_sampler(
+    update, denoiser, noise, sigmas, key, cond, callback, return_trajectory, *, unroll, checkpoint
+):
     """A sampler whose step is ``update(x, x0_hat, sigma, sigma_next, step_key)`` after one
     evaluation (``step_key = fold_in(key, i)``, ``None`` without a key)."""
 
@@ -49,12 +51,13 @@ def _single_step_sampler(update, denoiser, noise, sigmas, key, cond, callback, r
 
     return sample(
         step, denoiser, noise, sigmas, cond=cond, callback=callback,
-        return_trajectory=return_trajectory,
+        return_trajectory=return_trajectory, unroll=unroll, checkpoint=checkpoint,
     )
 
 
 def ddim(
     denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
     eta=0.0,
 ):
     """DDIM (Song et al. 2021, "DDIM", eq. 12 and 16) in the VE frame: ``x_next = x0_hat +
@@ -71,12 +74,14 @@ def ddim(
         key = None
     update = functools.partial(ddim_update, eta=eta)
     return _single_step_sampler(
-        update, denoiser, noise, sigmas, key, cond, callback, return_trajectory
+        update, denoiser, noise, sigmas, key, cond, callback, return_trajectory,
+        unroll=unroll, checkpoint=checkpoint,
     )
 
 
 def ancestral(
     denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
     eta=1.0, s_noise=1.0,
 ):
     """Ancestral sampling (DDPM, Ho et al. 2020, Alg. 2, in the VE frame = k-diffusion's
@@ -89,12 +94,14 @@ def ancestral(
     check_nonnegative("ancestral", eta=eta, s_noise=s_noise)
     update = functools.partial(ancestral_update, eta=eta, s_noise=s_noise)
     return _single_step_sampler(
-        update, denoiser, noise, sigmas, key, cond, callback, return_trajectory
+        update, denoiser, noise, sigmas, key, cond, callback, return_trajectory,
+        unroll=unroll, checkpoint=checkpoint,
     )
 
 
 def edm_stochastic(
     denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
     s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0,
 ):
     """EDM's stochastic sampler (Karras et al. 2022, Alg. 2): raise the noise level to
@@ -131,12 +138,13 @@ def edm_stochastic(
 
     return sample(
         step, denoiser, noise, sigmas, cond=cond, callback=callback,
-        return_trajectory=return_trajectory, final=final,
+        return_trajectory=return_trajectory, final=final, unroll=unroll, checkpoint=checkpoint,
     )
 
 
 def euler_maruyama(
-    denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None
+    denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
 ):
     """Euler-Maruyama on the VE reverse SDE in sigma-time (Song et al. 2021, eq. 6 and 9;
     Kloeden & Platen, eq. 9.1.1): ``x_next = x + 2 (sigma_next - sigma)(x - D) / sigma +
@@ -160,7 +168,7 @@ def euler_maruyama(
 
     return sample(
         step, denoiser, noise, sigmas, cond=cond, callback=callback,
-        return_trajectory=return_trajectory,
+        return_trajectory=return_trajectory, unroll=unroll, checkpoint=checkpoint,
     )
 
 
@@ -181,6 +189,7 @@ def langevin_step_size(score, z, snr, per_example=False):
 
 def predictor_corrector(
     denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
     predictor=ancestral_step, corrector_steps=1, snr=0.16, per_example_step=False,
 ):
     """Predictor-corrector sampling (Song et al. 2021, Alg. 1, 4 and 5): at each noise level
@@ -220,7 +229,7 @@ def predictor_corrector(
 
     return sample(
         step, denoiser, noise, sigmas, cond=cond, callback=callback,
-        return_trajectory=return_trajectory, final=final,
+        return_trajectory=return_trajectory, final=final, unroll=unroll, checkpoint=checkpoint,
     )
 
 

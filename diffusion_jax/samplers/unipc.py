@@ -60,6 +60,7 @@ def _unipc_coefficients(ratios, h, order, variant):
 
 def unipc(
     denoiser, noise, sigmas, *, key=None, cond=None, return_trajectory=False, callback=None,
+    unroll=None, checkpoint=False,
     order=3, variant="bh2", lower_order_final=True,
 ):
     """UniPC-p with ``B(h) = h`` (``variant="bh1"``) or ``B(h) = e^h - 1`` (``"bh2"``), orders
@@ -129,6 +130,7 @@ def unipc(
 
     return sample(
         step, denoiser, noise, sigmas, cond=cond, callback=callback,
+        unroll=unroll, checkpoint=checkpoint,
         return_trajectory=return_trajectory, carry_rest=(first_history, placeholder_lambdas),
         per_step=(
             lambda n: step_orders(n, order, lower_order_final),
