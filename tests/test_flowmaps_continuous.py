@@ -191,10 +191,17 @@ def _meanflow_per_example(theta, key, n, **options):
     return meanflow_loss(model, _data(jax.random.fold_in(key, 10_000), n), key, **options)
 
 
-@pytest.mark.parametrize("adaptive_p", [0.0, 1.0])
-def test_meanflow_loss_is_stationary_at_the_exact_map_only(x64, adaptive_p):
+# Training-time CFG on label-independent data: u(.|c) = u(.|null) = v_marginal, so the guided
+# field omega v + kappa u_c + (1 - omega - kappa) u_null has conditional mean v_marginal exactly
+# when its weights sum to 1, and the exact map stays stationary.
+CFG = dict(cfg_scale=2.0, cfg_kappa=0.5, null_class=3, label_dropout=0.1,
+           cond=jnp.arange(20000) % 4)
+
+
+@pytest.mark.parametrize("adaptive_p, cfg", [(0.0, {}), (1.0, {}), (0.0, CFG)])
+def test_meanflow_loss_is_stationary_at_the_exact_map_only(x64, adaptive_p, cfg):
     key, n = jax.random.key(4), 20000
-    options = dict(fraction_r_neq_t=0.5, adaptive_p=adaptive_p)
+    options = dict(fraction_r_neq_t=0.5, adaptive_p=adaptive_p, **cfg)
     truth = jnp.array([MEAN, VARIANCE])
     gradient, error = _gradient_and_error(lambda th: _meanflow_per_example(th, key, n, **options),
                                           truth)

@@ -138,7 +138,8 @@ def meanflow_loss(
     Training-time classifier-free guidance (their Sec. 4.2, eq. 19-21) with ``cfg_scale = omega``:
     the velocity in the target becomes ``v~ = omega v + kappa u(z, t, t | c) + (1 - omega - kappa)
     u(z, t, t | null)`` (stop-gradient network evaluations); labels ``cond`` are replaced by
-    ``null_class`` with probability ``label_dropout`` and those examples keep ``v~ = v``. A model
+    ``null_class`` with probability ``label_dropout`` and those examples (and any labelled
+    ``null_class`` already) keep ``v~ = v``. A model
     trained so samples with guidance ``omega`` at one network evaluation per step, no guidance at
     sampling time.
     """
@@ -167,7 +168,7 @@ def _guided_velocity(model, z, t, velocity, cond, key, cfg_scale, cfg_kappa, nul
     if not 0.0 <= label_dropout < 1.0:
         raise ValueError(f"label_dropout must lie in [0, 1); got {label_dropout}")
     cond = jnp.asarray(cond)
-    dropped = jax.random.uniform(key, cond.shape) < label_dropout
+    dropped = (jax.random.uniform(key, cond.shape) < label_dropout) | (cond == null_class)
     labels = jnp.where(dropped, null_class, cond)
     zero = jnp.zeros_like(t)
     unconditional = model.average_velocity(z, t, zero, jnp.full_like(cond, null_class))
