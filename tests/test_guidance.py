@@ -250,7 +250,8 @@ def _digits_model(**overrides):
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(0), len(leaves))
     nnx.update(network, jax.tree.unflatten(tree, [
-        leaf + 0.05 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]))
+        leaf + 0.05 * jax.random.normal(k, leaf.shape)
+        for leaf, k in zip(leaves, keys, strict=True)]))
     return wrap(network), config
 
 
@@ -262,18 +263,18 @@ def test_recipe_guidance_matches_the_library_transforms():
     common = dict(num_samples=2, seed=0, num_steps=2, labels=4)
     plain, _ = recipes.generate(denoiser, config, guidance_scale=0.0, **common)
     legacy, _ = recipes.generate(denoiser, config, guidance_scale=2.5, **common)
-    assert float(np.max(np.abs(legacy - plain))) > 1e-3  # guidance changes the samples
+    assert float(np.max(np.abs(legacy - plain))) > 1e-1  # guidance changes the samples
     spec = guided.Guidance("cfg", 2.5)
     np.testing.assert_allclose(recipes.generate(denoiser, config, guidance_spec=spec, **common)[0],
-                               legacy, rtol=1e-4, atol=1e-4)
+                               legacy, rtol=1e-3, atol=1e-3)
     outside = guided.Guidance("apg", 2.5, interval=(500.0, 1000.0))  # above every grid level
     np.testing.assert_allclose(
         recipes.generate(denoiser, config, guidance_spec=outside, **common)[0], plain,
-        rtol=1e-4, atol=1e-4)
+        rtol=1e-3, atol=1e-3)
     itself = guided.Guidance("autoguidance", 3.0)  # guided by itself: the plain model
     np.testing.assert_allclose(
         recipes.generate(denoiser, config, guidance_spec=itself, guide=denoiser, **common)[0],
-        plain, rtol=1e-4, atol=1e-4)
+        plain, rtol=1e-3, atol=1e-3)
     unconditional, config = _digits_model(**{"train.class_conditional": False})
     with pytest.raises(ValueError, match="needs class labels but the model is not class"):
         recipes.generate(unconditional, config, guidance_spec=spec, num_samples=2, seed=0,

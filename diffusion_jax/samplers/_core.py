@@ -174,17 +174,11 @@ def final_denoise(denoiser, carry, sigma, index, cond):
 # On XLA:CPU the gradient of a convolution inside a while loop is 40-100x slower than the same
 # gradient unrolled (measured, jax 0.12: 330-5700 ms against 8-50 ms per step of a 3x3 conv;
 # partial unrolling by 2 or 8 gains only 1.4-2x; no XLA flag tried changed it), while the forward
-# pass is barely affected. So on CPU the samplers' scan is unrolled completely by default, up to
-# this many steps (compile time grows with the steps); longer scans stay rolled.
-CPU_MAX_UNROLLED_STEPS = 64
-
-
-def default_unroll(num_steps, backend=None):
-    """The samplers' default scan unroll for a scan of ``num_steps`` on ``backend`` (default
-    ``jax.default_backend()``): ``True`` (all steps) on CPU up to
-    :data:`CPU_MAX_UNROLLED_STEPS`, otherwise 1."""
-    on_cpu = (backend or jax.default_backend()) == "cpu"
-    return True if on_cpu and num_steps <= CPU_MAX_UNROLLED_STEPS else 1
+# pass is barely affected. Unrolling makes compile time grow with the number of steps (563 s for
+# the gradient of 10 Heun steps of the digits U-Net on a loaded 2-core CPU), which plain sampling
+# would pay for nothing; so the default stays rolled on every backend and code that
+# differentiates through a sampler on CPU passes ``unroll=True`` (as ``grid_learning`` does).
+DEFAULT_UNROLL = 1
 
 
 def check_scan_options(unroll, checkpoint):
@@ -279,7 +273,8 @@ def integrate(
     * ``before``: the states of the ``first`` steps taken before the scan (warm-up), for the
       trajectory.
     * ``unroll``: steps per scan iteration (``jax.lax.scan``'s ``unroll``; ``True`` unrolls all);
-      ``None`` is :func:`default_unroll` for the backend. Only speed changes, not the result.
+      ``None`` is :data:`DEFAULT_UNROLL` (rolled; pass ``True`` to differentiate fast on
+      CPU). Only speed changes, not the result.
     * ``checkpoint``: rematerialise each step under reverse-mode differentiation
       (``jax.checkpoint`` around the step body; Griewank & Walther 2000, "Revolve"; Chen et al.
       2016): the backward pass keeps only the carry of every step and recomputes the step's
@@ -294,7 +289,7 @@ def integrate(
     inputs = inputs + tuple(values[first:] for values in per_step)
 
     unroll, checkpoint = check_scan_options(unroll, checkpoint)
-    unroll = default_unroll(inputs[0].shape[0]) if unroll is None else unroll
+    unroll = DEFAULT_UNROLL if unroll is None else unroll
     if checkpoint is not False:
         # A rolled scan already keeps XLA from merging the recomputation with the forward pass;
         # unrolled steps may be inlined, so then the barrier is needed.
