@@ -202,3 +202,54 @@ def test_distilled_run_trains_samples_in_one_step_and_opens_itself(teacher_run, 
     # the EMA target of CD is kept beside the config's average, which sampling reads first
     names = checkpoints.read_run_info(workdir).ema_names
     assert names[0] == "half_life_2000" and "target" in names
+
+
+def test_progressive_stages_draw_student_steps_of_their_own_nested_grid():
+    """Stage k of digits_progressive (16 teacher steps, 4 stages) trains an N_k = 8, 4, 2, 1 step
+    student: its sigmas are the levels of the N_k-step grid, and its target is the point two
+    teacher DDIM steps (through the 2 N_k grid's midpoint) reach: a student that returns the
+    exact x~ has zero loss, a constant one does not."""
+    config = _config("digits_progressive", **{"train.num_steps": 40})
+    seen = []
+
+    class Recorder:
+        def __init__(self, exact):
+            self.exact = exact
+
+        def __call__(self, x, sigma, cond=None):
+            seen.append(np.asarray(sigma))
+            if not self.exact:
+                return jnp.ones_like(x)
+            # the x~ of the two teacher steps, from the levels the loss drew
+            grid = np.asarray(recipe.flow_map_sigmas("karras", 2 * num_steps, sigma_min=0.002,
+                                                     sigma_max=80.0))
+            index = np.searchsorted(-grid, -np.asarray(sigma))
+            mid, to = grid[index + 1], grid[index + 2]
+            teacher = lambda x, s: x * (0.25 / (s**2 + 0.25))  # EDM with a zero network  # noqa: E731
+            x_mid = teacher(x, sigma[:, None, None, None]) + (mid / sigma)[:, None, None, None] * (
+                x - teacher(x, sigma[:, None, None, None]))
+            d_mid = teacher(x_mid, mid[:, None, None, None])
+            x_to = d_mid + (to / mid)[:, None, None, None] * (x_mid - d_mid)
+            ratio = (to / sigma)[:, None, None, None]
+            return (x_to - ratio * x) / (1 - ratio)
+
+    zero_network = lambda x, c_noise, cond=None: jnp.zeros_like(x)  # noqa: E731
+    x0 = 0.5 * jax.random.normal(jax.random.key(0), (64, 8, 8, 1))
+    for step, num_steps in ((0, 8), (10, 4), (25, 2), (39, 1)):
+        for exact_student in (True, False):
+            seen.clear()
+            loss_fn = recipe._progressive_loss(
+                config, lambda net, e=exact_student: type("M", (), {"denoiser": Recorder(e)})())
+            context = recipes.training_loop.training.LossContext(
+                step=jnp.int32(step), ema={"stage_teacher": zero_network}, detached=None,
+                frozen=None)
+            loss = np.asarray(loss_fn(None, context, x0, None, jax.random.key(step)))
+            student_grid = np.asarray(recipe.flow_map_sigmas("karras", num_steps,
+                                                             sigma_min=0.002, sigma_max=80.0))
+            drawn = np.unique(np.round(seen[0], 4))
+            assert set(drawn) <= set(np.round(student_grid[:-1], 4)), (step, drawn)
+            assert len(drawn) == min(num_steps, len(drawn)) and len(drawn) >= min(num_steps, 2)
+            if exact_student:
+                np.testing.assert_allclose(loss, 0.0, atol=1e-4)
+            else:
+                assert loss.mean() > 0.1

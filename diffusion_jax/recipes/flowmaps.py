@@ -35,10 +35,10 @@ from diffusion_jax.recipes.builders import network_kwargs as standard_network_kw
 from diffusion_jax.recipes.objectives import drop_labels
 from diffusion_jax.samplers.grids import karras_interpolate, karras_levels
 
-__all__ = ["FAMILY", "NETWORKS", "OBJECTIVES", "SAMPLERS", "GRIDS", "network_kwargs",
-           "model_entry", "model_from_spec", "make_loss_fn", "load_arrays", "train_extras",
-           "load_teacher", "flow_map_sigmas", "generate", "write_samples", "evaluate",
-           "validate"]
+__all__ = ["FAMILY", "NETWORKS", "OBJECTIVES", "SAMPLERS", "GRIDS", "NetworkWithLogVariance",
+           "network_kwargs", "model_entry", "model_from_spec", "make_loss_fn", "load_arrays",
+           "train_extras", "load_teacher", "copy_teacher_weights", "flow_map_sigmas", "generate",
+           "write_samples", "evaluate", "validate"]
 
 FAMILY = "flowmap"
 
