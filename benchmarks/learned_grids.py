@@ -54,6 +54,7 @@ def main():
     parser.add_argument("--workdir", default="/work/runs/digits")
     parser.add_argument("--num_samples", type=int, default=2000)
     parser.add_argument("--num_iterations", type=int, default=100)
+    parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
                                                          "learned_grids_digits.json"))
     args = parser.parse_args()
@@ -63,7 +64,7 @@ def main():
     report = {"workdir": args.workdir, "step": run.step, "ema": run.ema,
               "num_samples": args.num_samples, "fid": {}, "learning": {},
               "note": "FID on digits-classifier features vs the training split; CPU shared"}
-    for sampler in SAMPLERS:
+    for sampler in args.samplers.split(","):
         info = sampling.sampler_info(sampler)
         for nfe in NFES:
             num_steps = info.steps_for_nfe(nfe)
