@@ -315,9 +315,12 @@ def learn_grid(
                          f"sigma_floor) end at sigma_min={sigma_min}; got {init_sigmas}")
     logits = jnp.asarray(logits_from_grid(init_sigmas, sigma_floor), noises.dtype)
 
+    # differentiated: unrolled unless asked otherwise (a rolled scan's gradient is slow on CPU)
+    grad_options = {"unroll": True, **dict(options)}
+
     def sample(logits, denoiser, noise, cond):
         sigmas = grid_from_logits(logits, sigma_max, sigma_min, sigma_floor)
-        return info.fn(denoiser, noise, sigmas.astype(noise.dtype), cond=cond, **options)
+        return info.fn(denoiser, noise, sigmas.astype(noise.dtype), cond=cond, **grad_options)
 
     def loss_fn(logits, delta, denoiser, noise, target, cond):
         return jnp.mean((sample(logits, denoiser, noise + delta, cond) - target) ** 2)
