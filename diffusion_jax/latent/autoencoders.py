@@ -29,6 +29,7 @@ from diffusion_jax.networks import layers
 from diffusion_jax.networks.unet import AttentionBlock, Downsample, Upsample
 
 __all__ = [
+    "LatentGeometry",
     "ResBlock",
     "Encoder",
     "Decoder",
@@ -198,7 +199,24 @@ class Decoder(nnx.Module):
         return self.output_conv(jax.nn.silu(self.output_norm(h))).astype(z.dtype)
 
 
-class KLAutoencoder(nnx.Module):
+class LatentGeometry:
+    """Shape bookkeeping shared by the autoencoders (needs ``encoder``, ``in_channels`` and
+    ``latent_channels``)."""
+
+    @property
+    def downsampling_factor(self):
+        """``f``: image height and width over latent height and width."""
+        return self.encoder.factor
+
+    def latent_shape(self, image_shape):
+        """``(H/f, W/f, latent_channels)`` of one image of shape ``(H, W, C)`` (checked)."""
+        check_images(jnp.zeros((1, *image_shape)), channels=self.in_channels,
+                     factor=self.downsampling_factor)
+        f = self.downsampling_factor
+        return (image_shape[0] // f, image_shape[1] // f, self.latent_channels)
+
+
+class KLAutoencoder(LatentGeometry, nnx.Module):
     """KL-regularised autoencoder (Rombach et al. 2022, Sec. 3.1, "KL-reg."; LDM's
     ``AutoencoderKL``): ``q(z|x) = N(mean(x), diag exp(log_variance(x)))`` with ``z`` of shape
     ``(B, H/f, W/f, latent_channels)``, ``f = 2 ** (len(channel_multipliers) - 1)``, and a
@@ -228,19 +246,6 @@ class KLAutoencoder(nnx.Module):
                                **architecture)
         self.decoder = Decoder(latent_channels=latent_channels, out_channels=in_channels,
                                **architecture)
-
-    @property
-    def downsampling_factor(self):
-        """``f``: image height and width over latent height and width."""
-        return self.encoder.factor
-
-    def latent_shape(self, image_shape):
-        """``(H/f, W/f, latent_channels)`` of one image of shape ``(H, W, C)`` (checked)."""
-        check_images(jnp.zeros((1, *image_shape)), channels=self.in_channels,
-                     factor=self.downsampling_factor)
-        height, width, _ = image_shape
-        f = self.downsampling_factor
-        return (height // f, width // f, self.latent_channels)
 
     def posterior(self, x):
         """``(mean, log_variance)`` of ``q(z|x)``, each ``(B, H/f, W/f, latent_channels)``."""

@@ -46,7 +46,7 @@ from diffusion_jax.latent.autoencoders import (
     LOG_VARIANCE_RANGE,
     Decoder,
     Encoder,
-    check_images,
+    LatentGeometry,
     posterior_sample,
 )
 from diffusion_jax.latent.losses import gaussian_entropy, gaussian_log_likelihood
@@ -77,7 +77,7 @@ def _check_variance_preserving(process):
         )
 
 
-class LSGM(nnx.Module):
+class LSGM(LatentGeometry, nnx.Module):
     """Encoder, decoder and latent score prior of LSGM in one NNX module (Vahdat et al. 2021).
 
     ``encoder`` / ``decoder``: the :class:`~diffusion_jax.latent.autoencoders.Encoder` /
@@ -108,18 +108,6 @@ class LSGM(nnx.Module):
         self.log_scale = nnx.Param(jnp.full((in_channels,), decoder_log_scale, jnp.float32))
         self.mixing_logit = (nnx.Param(jnp.zeros((latent_channels,), jnp.float32))
                              if mixed_score else None)
-
-    @property
-    def downsampling_factor(self):
-        """``f``: image height and width over latent height and width."""
-        return self.encoder.factor
-
-    def latent_shape(self, image_shape):
-        """``(H/f, W/f, latent_channels)`` of one image of shape ``(H, W, C)`` (checked)."""
-        check_images(jnp.zeros((1, *image_shape)), channels=self.in_channels,
-                     factor=self.downsampling_factor)
-        f = self.downsampling_factor
-        return (image_shape[0] // f, image_shape[1] // f, self.latent_channels)
 
     def posterior(self, x):
         """``(mean, log_variance)`` of ``q(z0|x)``."""

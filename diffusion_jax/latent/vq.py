@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from diffusion_jax.latent.autoencoders import Decoder, Encoder, check_images
+from diffusion_jax.latent.autoencoders import Decoder, Encoder, LatentGeometry
 from diffusion_jax.latent.losses import reconstruction_error
 
 __all__ = ["VectorQuantizer", "VQAutoencoder", "codebook_usage", "vq_autoencoder_loss"]
@@ -74,7 +74,7 @@ class VectorQuantizer(nnx.Module):
         return straight_through, indices, codebook_loss, commitment_loss
 
 
-class VQAutoencoder(nnx.Module):
+class VQAutoencoder(LatentGeometry, nnx.Module):
     """VQ-regularised autoencoder (van den Oord et al. 2017; LDM's ``VQModel``): the
     :class:`~diffusion_jax.latent.autoencoders.Encoder` / ``Decoder`` of the KL model around a
     :class:`VectorQuantizer` of ``num_codes`` codes of dimension ``latent_channels``."""
@@ -92,18 +92,6 @@ class VQAutoencoder(nnx.Module):
         self.quantizer = VectorQuantizer(num_codes, latent_channels, beta=beta, rngs=rngs)
         self.decoder = Decoder(latent_channels=latent_channels, out_channels=in_channels,
                                **architecture)
-
-    @property
-    def downsampling_factor(self):
-        """``f``: image height and width over latent height and width."""
-        return self.encoder.factor
-
-    def latent_shape(self, image_shape):
-        """``(H/f, W/f, latent_channels)`` of one image of shape ``(H, W, C)`` (checked)."""
-        check_images(jnp.zeros((1, *image_shape)), channels=self.in_channels,
-                     factor=self.downsampling_factor)
-        f = self.downsampling_factor
-        return (image_shape[0] // f, image_shape[1] // f, self.latent_channels)
 
     def encode(self, x, key=None):
         """Pre-quantisation latents ``z_e`` (``key`` is unused: the encoder is deterministic)."""

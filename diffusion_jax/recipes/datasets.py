@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import glob
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +12,8 @@ import numpy as np
 from diffusion_jax import data
 from diffusion_jax.recipes.builders import as_config
 
-__all__ = ["load_arrays", "load_split", "preprocess", "is_whole_dataset_on_every_host"]
+__all__ = ["load_arrays", "load_split", "preprocess", "is_whole_dataset_on_every_host",
+           "read_index_shards"]
 
 
 def is_whole_dataset_on_every_host(config) -> bool:
@@ -80,3 +84,18 @@ def preprocess(batch, key, *, image: bool, random_flip: bool = False):
         flip = jax.random.bernoulli(flip_key, 0.5, (x.shape[0], 1, 1, 1))
         x = jnp.where(flip, x[:, :, ::-1, :], x)
     return x
+
+
+def read_index_shards(directory):
+    """The arrays of every ``shard_*.npz`` in ``directory`` concatenated in file order, without
+    their ``index`` entry, which must count 0, 1, ... (one-line error otherwise): the layout of
+    the reflow pair shards and of the latent cache."""
+    files = sorted(glob.glob(os.path.join(directory, "shard_*.npz")))
+    if not files:
+        raise ValueError(f"{directory} holds no shard_*.npz files")
+    parts = [dict(np.load(f)) for f in files]
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "index"}
+    index = np.concatenate([p["index"] for p in parts])
+    if not np.array_equal(index, np.arange(len(index))):
+        raise ValueError(f"the shards in {directory} do not cover indices 0..{len(index) - 1}")
+    return arrays

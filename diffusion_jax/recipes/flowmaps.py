@@ -16,11 +16,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from diffusion_jax import callables, denoisers, training
@@ -570,26 +568,12 @@ def generate(model, config, *, num_samples, seed, sampler=None, num_steps=None, 
         model, noise, sigmas, key=key, cond=cond, **options))
     labels = sampling.resolve_labels(config, num_samples, labels)
     batch_size = min(batch_size or config.sample.batch_size, num_samples)
-    noise_key, sampler_key = jax.random.split(jax.random.key(seed))
-    shape = tuple(config.data.shape)
-    starts = range(0, num_samples, batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc=f"sampling {num_samples} ({sampler}, {num_steps} steps)",
-                      unit="batch", file=sys.stderr, leave=False)
-    outputs = []
-    for start in starts:
-        count = min(batch_size, num_samples - start)
-        noise = sampling.sample_noise(noise_key, start, batch_size, shape)
-        cond = None
-        if labels is not None:
-            cond = jnp.asarray(np.resize(labels[start:start + count], batch_size), jnp.int32)
-        x0 = run(model, noise, sigmas, jax.random.fold_in(sampler_key, start), cond)
-        outputs.append(np.asarray(jax.device_get(x0))[:count])
-    samples = np.concatenate(outputs)
-    if not np.all(np.isfinite(samples)):
-        print("WARNING: some samples are not finite", file=sys.stderr)
+    samples = sampling.sample_in_batches(
+        lambda noise, key, cond: run(model, noise, sigmas, key, cond),
+        num_samples=num_samples, batch_size=batch_size, seed=seed,
+        shape=tuple(config.data.shape), labels=labels,
+        description=f"sampling {num_samples} ({sampler}, {num_steps} steps)" if progress else None,
+    )
     return samples, labels
 
 

@@ -12,7 +12,6 @@ Sample ``i`` starts from ``source(fold_in(noise_key, i))``, so samples do not de
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import sys
@@ -470,11 +469,5 @@ def load_reflow_pairs(directory):
     if not _pairs_complete(directory):
         raise ValueError(f"{directory} has no complete set of reflow pairs (manifest.json and "
                          "every shard)")
-    files = sorted(glob.glob(os.path.join(directory, "shard_*.npz")))
-    parts = [dict(np.load(f)) for f in files]
-    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "index"}
-    index = np.concatenate([p["index"] for p in parts])
-    if not np.array_equal(index, np.arange(len(index))):
-        raise ValueError(f"the shards in {directory} do not cover indices 0..{len(index) - 1}")
-    return arrays
+    return datasets.read_index_shards(directory)
 

@@ -13,12 +13,13 @@ and gives the same arrays; a manifest with other settings is a one-line error.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
 
 import numpy as np
+
+from diffusion_jax.recipes import datasets
 
 __all__ = ["CACHE_FORMAT", "write_latent_cache", "load_latent_cache", "cache_is_complete"]
 
@@ -121,10 +122,4 @@ def load_latent_cache(directory):
     if not cache_is_complete(directory):
         raise ValueError(f"{directory} holds no complete latent cache (manifest.json and every "
                          "shard)")
-    files = sorted(glob.glob(os.path.join(directory, "shard_*.npz")))
-    parts = [dict(np.load(f)) for f in files]
-    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "index"}
-    index = np.concatenate([p["index"] for p in parts])
-    if not np.array_equal(index, np.arange(len(index))):
-        raise ValueError(f"the shards in {directory} do not cover indices 0..{len(index) - 1}")
-    return arrays
+    return datasets.read_index_shards(directory)

@@ -23,6 +23,7 @@ __all__ = [
     "build_grid",
     "sampler_info",
     "sample_noise",
+    "sample_in_batches",
     "make_sample_fn",
     "resolve_labels",
     "generate",
@@ -145,14 +146,26 @@ def generate(denoiser, config, *, num_samples, seed, sampler=None, grid=None, nu
     labels = resolve_labels(config, num_samples, labels)
     null_class = int(config.data.num_classes) if labels is not None else None
     fn = make_sample_fn(sampler, guidance_scale, null_class, options, guidance_spec)
-    shape = tuple(config.data.shape)
+    return sample_in_batches(
+        lambda noise, key, cond: fn(denoiser, noise, sigmas, key, cond, guide=guide),
+        num_samples=num_samples, batch_size=batch_size, seed=seed,
+        shape=tuple(config.data.shape), labels=labels,
+        description=f"sampling {num_samples} ({sampler}, {num_steps} steps)" if progress else None,
+    ), labels
+
+
+def sample_in_batches(run, *, num_samples, batch_size, seed, shape, labels, description=None):
+    """``run(noise, key, cond) -> x0`` over full batches of ``batch_size`` (one compile; the last
+    batch is cut): sample ``i``'s noise is ``fold_in(noise_key, i)`` whatever the batching
+    (:func:`sample_noise`), the sampler key of a batch ``fold_in(sampler_key, start)``, labels
+    cycled to fill a batch. ``description`` shows a progress bar. A warning when some sample is
+    not finite."""
     noise_key, sampler_key = jax.random.split(jax.random.key(seed))
     starts = range(0, num_samples, batch_size)
-    if progress:
+    if description:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc=f"sampling {num_samples} ({sampler}, {num_steps} steps)",
-                      unit="batch", file=sys.stderr, leave=False)
+        starts = tqdm(starts, desc=description, unit="batch", file=sys.stderr, leave=False)
     outputs = []
     for start in starts:
         count = min(batch_size, num_samples - start)
@@ -161,12 +174,12 @@ def generate(denoiser, config, *, num_samples, seed, sampler=None, grid=None, nu
         if labels is not None:
             batch_labels = np.resize(labels[start:start + count], batch_size)
             cond = jnp.asarray(batch_labels, jnp.int32)
-        x0 = fn(denoiser, noise, sigmas, jax.random.fold_in(sampler_key, start), cond, guide=guide)
+        x0 = run(noise, jax.random.fold_in(sampler_key, start), cond)
         outputs.append(np.asarray(jax.device_get(x0))[:count])
     samples = np.concatenate(outputs)
     if not np.all(np.isfinite(samples)):
         print("WARNING: some samples are not finite", file=sys.stderr)
-    return samples, labels
+    return samples
 
 
 def write_samples(samples, config, path):
