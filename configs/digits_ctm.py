@@ -6,22 +6,11 @@ paper is not included. Sampled by gamma-sampling (``flowmap.gamma``: 0 determini
 consistency multistep). Teacher run: ``flowmap.teacher_workdir`` (default ``runs/digits``:
 ``python train.py --config configs/digits_edm.py --workdir runs/digits``)."""
 
-from configs import digits_edm
+from configs import digits_cd
 
 
 def get_config():
-    """Digits, CTM from the default job's run."""
-    config = digits_edm.get_config()
-    config.model.family = "flowmap"
+    """Digits, CTM from the default job's run (CD's teacher, optimiser and schedule)."""
+    config = digits_cd.get_config()
     config.flowmap.objective = "ctm"
-    config.flowmap.teacher_workdir = "runs/digits"
-    config.flowmap.teacher_sampler = "heun"
-    config.flowmap.teacher_num_steps = 18
-    config.optim.learning_rate = 2e-4
-    config.optim.warmup_steps = 0
-    config.train.num_steps = 800
-    config.train.ema_half_lives = (2000.0,)
-    config.train.sample_every = 400
-    config.train.checkpoint_every = 400
-    config.sample.num_steps = 1
     return config

@@ -4,20 +4,12 @@ the student starts from the teacher run's EMA weights (``flowmap.teacher_workdir
 and tunes with the continuous-time pair r = t (1 - (1 - 1/q^stage) n(t)), the doubling stages of
 the paper (q = 2) and the online network under stop-gradient as the target."""
 
-from configs import digits_edm
+from configs import digits_cd
 
 
 def get_config():
-    """Digits, ECT from the default job's run."""
-    config = digits_edm.get_config()
-    config.model.family = "flowmap"
+    """Digits, ECT from the default job's run (CD's schedule, a higher learning rate)."""
+    config = digits_cd.get_config()
     config.flowmap.objective = "ect"
-    config.flowmap.teacher_workdir = "runs/digits"
     config.optim.learning_rate = 5e-4
-    config.optim.warmup_steps = 0
-    config.train.num_steps = 800
-    config.train.ema_half_lives = (2000.0,)
-    config.train.sample_every = 400
-    config.train.checkpoint_every = 400
-    config.sample.num_steps = 1
     return config

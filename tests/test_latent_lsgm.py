@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _latent_toy import linear_gaussian_toy
 from flax import nnx
 
 from diffusion_jax import training
@@ -20,7 +21,6 @@ from diffusion_jax.latent.lsgm import (
     lsgm_terms,
     prior_denoiser,
 )
-from diffusion_jax.latent.toys import LinearGaussianVAE
 from diffusion_jax.networks import MLP
 from diffusion_jax.processes import VE, VP
 
@@ -28,17 +28,7 @@ X = jnp.array([[0.5, -1.0, 0.3], [1.2, 0.4, -0.7]])
 
 
 def _toy(prior_mean=(0.0, 0.0), prior_variances=(1.0, 1.0)):
-    basis, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
-    return LinearGaussianVAE(
-        encoder_matrix=jnp.array([[0.4, -0.3, 0.2], [0.1, 0.5, -0.6]]),
-        encoder_bias=jnp.array([0.1, -0.2]),
-        encoder_log_variance=jnp.log(jnp.array([0.3, 0.6])),
-        decoder_matrix=jnp.asarray(basis[:, :2] * np.array([1.5, 0.7])),
-        decoder_bias=jnp.array([0.1, -0.2, 0.3]),
-        decoder_log_scale=jnp.log(jnp.asarray(0.5)),
-        prior_mean=jnp.asarray(prior_mean),
-        prior_covariance=jnp.diag(jnp.asarray(prior_variances)),
-    )
+    return linear_gaussian_toy(prior_mean, np.diag(prior_variances))
 
 
 def _estimate(model, num=4000, seed=0, **options):

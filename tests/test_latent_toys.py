@@ -7,12 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _latent_toy import linear_gaussian_toy
 
 from diffusion_jax.analytic import GaussianMixture, gaussian_flow_map
 from diffusion_jax.denoisers import ProcessModel
 from diffusion_jax.latent import losses
 from diffusion_jax.latent.codec import Codec, decode_samples
-from diffusion_jax.latent.toys import LinearGaussianVAE, gaussian_kl_divergence
+from diffusion_jax.latent.toys import gaussian_kl_divergence
 from diffusion_jax.losses import denoising_loss
 from diffusion_jax.processes import VP
 from diffusion_jax.samplers import heun, karras_sigmas
@@ -25,20 +26,7 @@ def _x64():
         yield
 
 
-def _toy(prior_mean=(0.0, 0.0), prior_covariance=((1.0, 0.0), (0.0, 1.0))):
-    """d = 3, k = 2: W with orthogonal columns (so the exact posterior is diagonal), a
-    non-optimal encoder."""
-    basis, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
-    return LinearGaussianVAE(
-        encoder_matrix=jnp.array([[0.4, -0.3, 0.2], [0.1, 0.5, -0.6]]),
-        encoder_bias=jnp.array([0.1, -0.2]),
-        encoder_log_variance=jnp.log(jnp.array([0.3, 0.6])),
-        decoder_matrix=jnp.asarray(basis[:, :2] * np.array([1.5, 0.7])),
-        decoder_bias=jnp.array([0.1, -0.2, 0.3]),
-        decoder_log_scale=jnp.log(jnp.asarray(0.5)),
-        prior_mean=jnp.asarray(prior_mean),
-        prior_covariance=jnp.asarray(prior_covariance),
-    )
+_toy = linear_gaussian_toy
 
 
 X = jnp.array([[0.5, -1.0, 0.3], [1.2, 0.4, -0.7], [-0.3, 0.0, 0.9]])
