@@ -40,16 +40,16 @@ IMAGE = (32, 32, 1)
 BASE_CHANNELS, MULTIPLIERS = 32, (1, 2)
 SIGMA_MIN, SIGMA_MAX, RHO, SIGMA_DATA = 0.002, 80.0, 7.0, 0.5
 
-# JAX sides: (label, sampler scan options). "scan" is the plain lax.scan of before this change.
+# JAX sides: (label, sampler scan options; "fast": the network's convolutions with the
+# canonical-layout VJP of ``networks.with_fast_conv_gradients``).
 JAX_SIDES = {
-    "jax scan": {"unroll": 1, "checkpoint": False},
-    "jax unroll 2": {"unroll": 2},
-    "jax unroll 4": {"unroll": 4},
-    "jax default": {},
-    "jax checkpoint": {"checkpoint": True},
-    "jax scan checkpoint": {"unroll": 1, "checkpoint": True},
+    "jax rolled": {"unroll": 1},
+    "jax unrolled": {"unroll": True},
+    "jax unrolled checkpoint": {"unroll": True, "checkpoint": True},
+    "jax fast": {"unroll": 1, "fast": True},
+    "jax fast checkpoint": {"unroll": 1, "checkpoint": True, "fast": True},
 }
-DEFAULT_SIDES = "jax scan,jax default,jax checkpoint,torch"
+DEFAULT_SIDES = "jax fast,jax fast checkpoint,torch"
 # XLA:CPU settings tried for the forward pass (XLA_FLAGS of the subprocess).
 XLA_SETTINGS = {
     "default": "",
@@ -91,6 +91,9 @@ def jax_worker(args):
         image_shape=IMAGE, base_channels=BASE_CHANNELS, channel_multipliers=MULTIPLIERS,
         num_res_blocks=1, attention_resolutions=(), rngs=nnx.Rngs(0),
     )
+    scan = json.loads(args.scan)
+    if scan.pop("fast", False):
+        network = networks.with_fast_conv_gradients(network)
     graphdef, params, rest = nnx.split(network, nnx.Param, ...)
     # Perturb the zero-initialised output layer so every parameter gets a gradient.
     leaves, treedef = jax.tree.flatten(params)
@@ -100,7 +103,6 @@ def jax_worker(args):
     )
     noise = jax.random.normal(jax.random.key(0), (args.batch, *IMAGE))
     sigmas = samplers.karras_sigmas(args.steps, SIGMA_MIN, SIGMA_MAX, RHO)
-    scan = json.loads(args.scan)
 
     def denoiser_of(params):
         model = nnx.merge(graphdef, params, rest)
@@ -122,10 +124,14 @@ def jax_worker(args):
     compiled = fn.lower(params, noise).compile()
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
-    times = _timed(lambda: jax.block_until_ready(compiled(params, noise)), args.repeats)
+    temp_mb = None if memory is None else memory.temp_size_in_bytes / 2**20
+    if temp_mb is not None and temp_mb > 1024 * args.max_memory_gb:
+        times = []  # not run: XLA's own buffer plan does not fit this machine
+    else:
+        times = _timed(lambda: jax.block_until_ready(compiled(params, noise)), args.repeats)
     return {
         "times_s": times, "compile_s": compile_s, "peak_rss_mb": _peak_rss_mb(),
-        "xla_temp_mb": None if memory is None else memory.temp_size_in_bytes / 2**20,
+        "xla_temp_mb": temp_mb,
         "parameters": sum(leaf.size for leaf in jax.tree.leaves(params)),
         "jax": jax.__version__, "backend": jax.default_backend(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -314,7 +320,14 @@ def torch_worker(args):
             network(noise, torch.full((args.batch,), 0.3))
 
     fn = {"grad": grad, "sample": sample, "forward": forward}[args.mode]
-    times = _timed(fn, args.repeats)
+    limit = int(args.max_memory_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        times = _timed(fn, args.repeats)
+    except (MemoryError, RuntimeError) as error:  # torch's allocator failing under the limit
+        if "memory" not in str(error).lower() and not isinstance(error, MemoryError):
+            raise
+        times = []
     return {
         "times_s": times, "peak_rss_mb": _peak_rss_mb(), "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -338,18 +351,25 @@ def thread_environment(threads, xla_flags=""):
     return env
 
 
-def run_case(python, side, mode, batch, steps, repeats, scan=None, xla_flags="", threads=0):
-    """Run one case in a subprocess; its JSON result with ``median_s`` added."""
+def run_case(python, side, mode, batch, steps, repeats, scan=None, xla_flags="", threads=0,
+             max_memory_gb=14.0):
+    """Run one case in a subprocess; its JSON result with ``median_s`` added (``None`` when the
+    case did not fit in ``max_memory_gb``)."""
     command = [python, os.path.abspath(__file__), "--worker", side, "--mode", mode,
                "--batch", str(batch), "--steps", str(steps), "--repeats", str(repeats),
-               "--scan", json.dumps(scan or {})]
+               "--scan", json.dumps(scan or {}), "--max_memory_gb", str(max_memory_gb)]
     env = thread_environment(threads, xla_flags)
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1:]}
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["median_s"] = statistics.median(result["times_s"])
+    result["median_s"] = statistics.median(result["times_s"]) if result["times_s"] else None
     return result
+
+
+def _repeats(args, batch, steps):
+    """Fewer timed calls for the largest cases (each takes minutes on a 2-core CPU)."""
+    return 1 if batch * steps >= 2560 else args.repeats
 
 
 def grad_cases(args):
@@ -359,12 +379,14 @@ def grad_cases(args):
         for label in args.sides.split(","):
             if label == "torch" and args.torch_python:
                 result = run_case(args.torch_python, "torch", "grad", batch, steps,
-                                  args.repeats, threads=args.threads)
+                                  _repeats(args, batch, steps), threads=args.threads,
+                                  max_memory_gb=args.max_memory_gb)
                 results.append(dict(result, side="torch k-diffusion", batch=batch,
                                     steps=steps, threads=args.threads))
             elif label in JAX_SIDES:
-                result = run_case(sys.executable, "jax", "grad", batch, steps, args.repeats,
-                                  JAX_SIDES[label], threads=args.threads)
+                result = run_case(sys.executable, "jax", "grad", batch, steps,
+                                  _repeats(args, batch, steps), JAX_SIDES[label],
+                                  threads=args.threads, max_memory_gb=args.max_memory_gb)
                 results.append(dict(result, side=label, batch=batch, steps=steps,
                                     scan=JAX_SIDES[label], threads=args.threads))
             else:
@@ -396,6 +418,11 @@ def _print(result):
               f"FAILED {result['error']}", flush=True)
         return
     temp = result.get("xla_temp_mb")
+    if result.get("median_s") is None:
+        print(f"{result['side']:>22} batch {result['batch']:>3} steps {result['steps']:>2}: "
+              "did not fit in --max_memory_gb"
+              + ("" if temp is None else f" (XLA temp {temp:7.0f} MB)"), flush=True)
+        return
     print(f"{result['side']:>22} batch {result['batch']:>3} steps {result['steps']:>2}: "
           f"{result['median_s']:7.3f} s  peak RSS {result['peak_rss_mb']:7.0f} MB"
           + ("" if temp is None else f"  XLA temp {temp:7.0f} MB")
@@ -416,7 +443,11 @@ def main():
     parser.add_argument("--sample_steps", type=int, default=18,
                         help="--mode forward: also time Heun with this many steps (0: skip)")
     parser.add_argument("--torch_python", default="", help="a Python with torch and k-diffusion")
+    parser.add_argument("--max_memory_gb", type=float, default=14.0,
+                        help="a JAX case whose compiled buffers exceed this is not run; a "
+                             "PyTorch case runs under this address-space limit")
     parser.add_argument("--output", default="")
+    parser.add_argument("--note", default="", help="recorded in the JSON (e.g. the machine's load)")
     parser.add_argument("--worker", choices=("jax", "torch", "conv"), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=64, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=10, help=argparse.SUPPRESS)
@@ -441,8 +472,8 @@ def main():
     with open(output, "w") as f:
         json.dump({"machine": platform.processor() or platform.machine(),
                    "cpu_count": os.cpu_count(), "repeats": args.repeats,
-                   "note": "CPU shared with other jobs: times are noisy; ratios within a case "
-                           "are the meaningful numbers", "results": results}, f, indent=1)
+                   "max_memory_gb": getattr(args, "max_memory_gb", None), "note": args.note,
+                   "results": results}, f, indent=1)
     print(f"wrote {output}")
 
 

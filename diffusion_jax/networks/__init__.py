@@ -8,6 +8,7 @@ embeddings ``FourierEmbedding`` / ``PositionalEmbedding``. Every network is call
 """
 
 from diffusion_jax.networks.classifier import EncoderClassifier
+from diffusion_jax.networks.conv import with_fast_conv_gradients
 from diffusion_jax.networks.conditioning import EMBEDDINGS, NoiseConditioning, check_labels
 from diffusion_jax.networks.embeddings import FourierEmbedding, PositionalEmbedding
 from diffusion_jax.networks.layers import group_count
@@ -30,6 +31,7 @@ __all__ = [
     "count_params",
     "group_count",
     "reseed_rng_streams",
+    "with_fast_conv_gradients",
 ]
 
 

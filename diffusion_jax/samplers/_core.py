@@ -292,8 +292,10 @@ def integrate(
     unroll = DEFAULT_UNROLL if unroll is None else unroll
     if checkpoint is not False:
         # A rolled scan already keeps XLA from merging the recomputation with the forward pass;
-        # unrolled steps may be inlined, so then the barrier is needed.
-        step = jax.checkpoint(step, prevent_cse=unroll != 1,
+        # unrolled steps may be inlined, so then the barrier is needed. (``unroll is True``
+        # must be tested by identity: ``True == 1``.)
+        rolled = unroll is not True and unroll == 1
+        step = jax.checkpoint(step, prevent_cse=not rolled,
                               policy=None if checkpoint is True else checkpoint)
 
     def body(carry, inputs):
