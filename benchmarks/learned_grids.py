@@ -55,6 +55,8 @@ def main():
     parser.add_argument("--num_samples", type=int, default=2000)
     parser.add_argument("--num_iterations", type=int, default=100)
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument("--batch_size", type=int, default=16,
+                        help="LD3 training noises per iteration (of the 64)")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
                                                          "learned_grids_digits.json"))
     args = parser.parse_args()
@@ -62,7 +64,8 @@ def main():
     scratch = scratch_run(args.workdir)
     reference_dir = os.path.join(scratch, "eval")
     report = {"workdir": args.workdir, "step": run.step, "ema": run.ema,
-              "num_samples": args.num_samples, "fid": {}, "learning": {},
+              "num_samples": args.num_samples, "num_iterations": args.num_iterations,
+              "batch_size": args.batch_size, "fid": {}, "learning": {},
               "note": "FID on digits-classifier features vs the training split; CPU shared"}
     for sampler in args.samplers.split(","):
         info = sampling.sampler_info(sampler)
@@ -81,7 +84,7 @@ def main():
                 _, record = run_grids.learn_run_grid(
                     scratch, run=run, sampler=sampler, num_steps=num_steps, method=method,
                     init="gits", num_iterations=args.num_iterations, num_noises=64,
-                    num_eval_noises=64)
+                    num_eval_noises=64, batch_size=args.batch_size)
                 report["learning"][f"{sampler}_{nfe}_{method}"] = {
                     "wall_s": time.perf_counter() - start, "sigmas": record["sigmas"],
                     "held_out_rms": record["held_out_rms"], "train_rms": record["train_rms"],
