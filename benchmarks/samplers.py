@@ -124,7 +124,7 @@ def accuracy_table(denoiser, noise, exact, nfes):
 # -- learned grids (LD3 from a GITS start) --------------------------------------------------
 
 LEARNED_NFES = tuple(range(5, 21))
-LEARNED_SAMPLERS = ("ipndm", "deis")
+LEARNED_SAMPLERS = ("ipndm", "deis", "unipc")
 NUM_TRAIN_NOISES = 64
 NUM_FINE_LEVELS = 128
 LD3_SETTINGS = dict(num_iterations=100, learning_rate=0.1, sigma_floor=1e-4)

@@ -160,18 +160,24 @@ def check_grid_length(sigmas, num_steps, where="learned grid"):
     return sigmas
 
 
+# The samplers' scan options (``samplers.COMMON_KEYWORDS``): speed and memory, never the result.
+SCAN_OPTIONS = ("unroll", "checkpoint")
+
+
 def deterministic_sampler(sampler, options=None):
     """``(info, options)`` for a registry sampler (name or ``SamplerInfo``) whose ``options``
-    draw no noise (its defaults or a variant with a declared order); else a ``ValueError``."""
+    draw no noise (its defaults or a variant with a declared order); else a ``ValueError``.
+    The scan options ``unroll`` and ``checkpoint`` may be given too (they change no result)."""
     info = get_sampler(sampler) if isinstance(sampler, str) else sampler
     options = dict(options or {})
-    unknown = sorted(set(options) - set(info.options))
+    own = {k: v for k, v in options.items() if k not in SCAN_OPTIONS}
+    unknown = sorted(set(own) - set(info.options))
     if unknown:
         raise ValueError(f"sampler {info.name!r} has no option(s) {unknown}")
     orders = {(): info.order} | {
         tuple(sorted(v.options.items())): v.order for v in info.variants
     }
-    key = tuple(sorted(options.items()))
+    key = tuple(sorted(own.items()))
     order = orders.get(key, None if info.stochastic else info.order)
     if order is None:
         raise ValueError(f"sampler {info.name!r} with options {options} draws noise; a grid can be "

@@ -93,6 +93,19 @@ def test_learned_grid_lowers_held_out_endpoint_error(problem, sampler, num_steps
         denoiser, sampler, karras, train, train_targets), rtol=1e-9)
 
 
+def test_scan_options_change_no_learned_grid(problem):
+    denoiser, train, train_targets, _, _ = problem
+
+    def learn(options):
+        return grid_learning.learn_grid(
+            denoiser, "dpmpp_2m", 4, noises=train, targets=train_targets, sigma_max=SIGMA_MAX,
+            sigma_min=SIGMA_MIN, num_iterations=4, options=options).sigmas
+
+    plain = learn(None)
+    for options in ({"unroll": True}, {"unroll": 2, "checkpoint": True}):
+        np.testing.assert_allclose(learn(options), plain, rtol=1e-10)
+
+
 def test_default_teacher_is_the_adaptive_solve(problem):
     denoiser, train, train_targets, _, _ = problem
     teacher = grid_learning.adaptive_teacher(rtol=1e-10, atol=1e-10)
