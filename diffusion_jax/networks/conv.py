@@ -4,8 +4,8 @@ XLA:CPU runs a convolution on its fast (Eigen) path only in the canonical layout
 HWIO kernel, NHWC output) and rewrites other layouts into it only outside loop bodies (jax-ml/jax
 issue 12868). JAX's transpose rules of a convolution are convolutions in other layouts (input
 gradient ``b01f_01oi->b01f``, kernel gradient ``f01b_i01o->01bf``), so the gradient of a sampler
-written as a rolled ``lax.scan`` runs them on the slow path: 60-150x slower per step than
-unrolled on this package's U-Net. :func:`conv_general_dilated` is ``lax.conv_general_dilated``
+written as a rolled ``lax.scan`` runs them on the slow path (measured: 85x slower per step than
+unrolled for one 3x3 convolution, 28x for 10 Heun steps of the digits U-Net). :func:`conv_general_dilated` is ``lax.conv_general_dilated``
 with a custom VJP whose two backward convolutions are written in the canonical layout (with the
 transposes, flips and interior padding made explicit), so the rolled scan's gradient runs at the
 speed of the unrolled one and keeps a compile time that does not grow with the number of steps.
