@@ -9,9 +9,14 @@ PyTorch (below) is differentiated with autograd through k-diffusion's ``sample_h
 ``torch.no_grad`` decorator unwrapped). Every case runs in its own subprocess, which reports its
 times and its peak resident memory (``resource.getrusage``'s ``ru_maxrss``); for JAX also XLA's
 temporary buffer size of the compiled gradient. Sides of one case run back to back, so a change
-of load hits both; the median of ``--repeats`` timed calls (after one warm-up call) is reported.
+of load hits both; the median of ``--repeats`` timed calls (after one warm-up call) is reported
+(one timed call where batch x steps >= 2560). The JAX sides (``--sides``) are the rolled and the
+unrolled scan, each optionally with ``checkpoint=True``, and the rolled scan through
+``networks.with_fast_conv_gradients`` ("fast"). A JAX case whose compiled buffers exceed
+``--max_memory_gb`` is compiled but not run; PyTorch runs under that address-space limit, and a
+case that does not fit is reported as such.
 
-``--mode conv --batch 4 --steps 8`` times one convolution's gradient in a ``lax.scan`` with
+``--mode conv --batch 8 --steps 8`` times one convolution's gradient in a ``lax.scan`` with
 several unroll factors (``benchmarks/results/scan_conv_gradient.json``). ``--mode forward`` times
 one U-Net call and the 18-step Heun sampler (no gradient) under several
 XLA:CPU flag settings beside PyTorch.

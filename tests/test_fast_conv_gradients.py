@@ -52,6 +52,13 @@ def test_other_layouts_and_groups_pass_through_to_lax(x64):
     kwargs = {"dimension_numbers": ("NCHW", "OIHW", "NCHW"), "feature_group_count": 2}
     np.testing.assert_allclose(conv.conv_general_dilated(x, w, *args, **kwargs),
                                jax.lax.conv_general_dilated(x, w, *args, **kwargs), rtol=1e-12)
+    # handed to lax unchanged (no custom VJP), while the canonical 2-D case gets one
+    passed = str(jax.make_jaxpr(lambda x: conv.conv_general_dilated(x, w, *args, **kwargs))(x))
+    assert "custom_vjp_call" not in passed
+    x_nhwc, w_hwio = x.transpose(0, 2, 3, 1), jnp.ones((3, 3, 4, 2))
+    canonical = str(jax.make_jaxpr(lambda x: conv.conv_general_dilated(
+        x, w_hwio, *args, dimension_numbers=DN))(x_nhwc))
+    assert "custom_vjp_call" in canonical
 
 
 def _unet_and_loss():

@@ -8,8 +8,8 @@ embeddings ``FourierEmbedding`` / ``PositionalEmbedding``. Every network is call
 """
 
 from diffusion_jax.networks.classifier import EncoderClassifier
-from diffusion_jax.networks.conv import with_fast_conv_gradients
 from diffusion_jax.networks.conditioning import EMBEDDINGS, NoiseConditioning, check_labels
+from diffusion_jax.networks.conv import with_fast_conv_gradients
 from diffusion_jax.networks.embeddings import FourierEmbedding, PositionalEmbedding
 from diffusion_jax.networks.layers import group_count
 from diffusion_jax.networks.mlp import MLP

@@ -171,13 +171,11 @@ def final_denoise(denoiser, carry, sigma, index, cond):
     return x0, x0
 
 
-# On XLA:CPU the gradient of a convolution inside a while loop is 40-100x slower than the same
-# gradient unrolled (measured, jax 0.12: 330-5700 ms against 8-50 ms per step of a 3x3 conv;
-# partial unrolling by 2 or 8 gains only 1.4-2x; no XLA flag tried changed it), while the forward
-# pass is barely affected. Unrolling makes compile time grow with the number of steps (563 s for
-# the gradient of 10 Heun steps of the digits U-Net on a loaded 2-core CPU), which plain sampling
-# would pay for nothing; so the default stays rolled on every backend and code that
-# differentiates through a sampler on CPU passes ``unroll=True`` (as ``grid_learning`` does).
+# The scan stays rolled by default on every backend: unrolling makes compile time grow with the
+# number of steps, which plain sampling would pay for nothing. On XLA:CPU a convolution's gradient
+# inside a rolled scan runs off the fast path (85x slower per step than unrolled for one 3x3
+# conv); differentiate through a copy from ``networks.with_fast_conv_gradients`` (as
+# ``grid_learning`` does), or pass ``unroll=True``.
 DEFAULT_UNROLL = 1
 
 
@@ -273,8 +271,8 @@ def integrate(
     * ``before``: the states of the ``first`` steps taken before the scan (warm-up), for the
       trajectory.
     * ``unroll``: steps per scan iteration (``jax.lax.scan``'s ``unroll``; ``True`` unrolls all);
-      ``None`` is :data:`DEFAULT_UNROLL` (rolled; pass ``True`` to differentiate fast on
-      CPU). Only speed changes, not the result.
+      ``None`` is :data:`DEFAULT_UNROLL` (rolled; for gradients on CPU see the comment above
+      it). Only speed changes, not the result.
     * ``checkpoint``: rematerialise each step under reverse-mode differentiation
       (``jax.checkpoint`` around the step body; Griewank & Walther 2000, "Revolve"; Chen et al.
       2016): the backward pass keeps only the carry of every step and recomputes the step's
